@@ -1,0 +1,117 @@
+"""`build_dataset(config) -> ray.data.Dataset`: the training stream, wired stage by stage.
+
+Shape of the stream, chosen for speed (see README, "Why one stream"):
+
+    from_items([seq 0 .. epochs*units-1])          tiny index blocks, made in the driver
+      -> map_batches(Preprocessor, concurrency=(min, max), resources={pool: 1}, num_cpus=0)
+           read unit from object storage -> decode -> augment -> uint8 (N, 3, S, S) blocks
+
+All epochs are ONE Ray Data execution, so the actor pool starts once per run (not once per epoch)
+and keeps streaming across epoch boundaries while trainers validate. The trainer cuts the stream
+into epochs by the exact row count the plan knows up front.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+import ray
+
+from pipelines.augment import apply_batch, build_transform, decode_side
+from pipelines.config import PipelineConfig
+from pipelines.decode import DecodeStats, decode_many
+from pipelines.sources import IMAGE, KEY, LABEL, ShardPlan, WorkUnit, plan_source, read_unit
+from pipelines.storage import resolve
+
+__all__ = ["build_dataset", "Preprocessor", "unit_order"]
+
+log = logging.getLogger(__name__)
+SEQ = "seq"
+
+
+def unit_order(num_units: int, epoch: int, seed: int, shuffle: bool) -> np.ndarray:
+    """The order in which epoch `epoch` visits the units: a seeded permutation per epoch."""
+    order = np.arange(num_units)
+    if shuffle:
+        np.random.default_rng([seed, epoch]).shuffle(order)
+    return order
+
+
+class Preprocessor:
+    """Ray Data actor on the dedicated CPU pool: read a unit, decode, augment, emit uint8 blocks.
+
+    Holds the filesystem (built from this process's own AWS environment, so no credential is
+    ever pickled) and the transform for its whole life. Also usable in-process (the trainers
+    run validation through it): call it with ``{"seq": array of unit indices}``.
+    """
+
+    def __init__(self, config: PipelineConfig, units: tuple[WorkUnit, ...],
+                 single_thread: bool = True):
+        import torch
+
+        if single_thread:
+            # One actor = one pool core: intra-op threads would only fight the other actors.
+            torch.set_num_threads(1)
+        self.config, self.units = config, units
+        p = config.preprocess
+        self.fs = resolve(config.source.url, config.source.storage).fs
+        self.transform = build_transform(p.recipe, p.image_size, config.train)
+        self.min_side = decode_side(p.recipe, p.image_size, config.train)
+        self.stats = DecodeStats()
+        self._orders: dict[int, np.ndarray] = {}
+
+    def _unit(self, seq: int) -> tuple[int, int, WorkUnit]:
+        n = len(self.units)
+        epoch, pos = divmod(seq, n)
+        if epoch not in self._orders:
+            self._orders = {epoch: unit_order(n, epoch, self.config.seed, self.config.shuffle)}
+        return epoch, int(self._orders[epoch][pos]), self.units[int(self._orders[epoch][pos])]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        import torch
+
+        cfg, p = self.config, self.config.preprocess
+        for seq in batch[SEQ]:
+            epoch, index, unit = self._unit(int(seq))
+            rows = read_unit(unit, self.fs)
+            n = len(rows[LABEL])
+            order = np.arange(n)
+            if cfg.shuffle:
+                np.random.default_rng([cfg.seed, epoch, index]).shuffle(order)
+            # Seed torch's RNG per unit: the same seed, epoch and unit give the same augmentation
+            # whichever actor processes it.
+            torch.manual_seed(hash((cfg.seed, epoch, index)) & 0x7FFFFFFF)
+            for start in range(0, n, p.output_rows):
+                take = order[start : start + p.output_rows]
+                keys = rows[KEY][take]
+                arrays, kept = decode_many(rows[IMAGE][take], keys, self.stats, self.min_side)
+                if not kept:
+                    continue
+                yield {
+                    IMAGE: apply_batch(self.transform, arrays, p.image_size),
+                    LABEL: rows[LABEL][take][kept],
+                    KEY: keys[kept],
+                }
+
+
+def build_dataset(config: PipelineConfig, *, plan: ShardPlan | None = None) -> ray.data.Dataset:
+    """The preprocessed stream of `config.epochs` passes over `config.source`.
+
+    Rows are ``image`` (uint8, 3 x S x S), ``label`` (int64) and ``key`` (str). Pass `plan`
+    when the caller already planned the source (it needs the row count anyway).
+    """
+    plan = plan or plan_source(config.source)
+    p = config.preprocess
+    n = config.epochs * len(plan.units)
+    # One index per block (up to a cap) lets Ray Data hand each unit to whichever actor is free.
+    seqs = ray.data.from_items([{SEQ: i} for i in range(n)], override_num_blocks=min(n, 4096))
+    return seqs.map_batches(
+        Preprocessor,
+        fn_constructor_kwargs={"config": config, "units": plan.units},
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(min_size=p.min_actors, max_size=p.max_actors),
+        num_cpus=0,
+        resources={p.pool_resource: p.resource_per_actor},
+    )
