@@ -1,0 +1,162 @@
+"""Train a ResNet with DDP on Ray Train, fed by feedline's stream from object storage.
+
+    ray job submit --working-dir . -- python jobs/train_resnet.py --data s3://bucket/digits ...
+    python jobs/train_resnet.py --data s3://bucket/digits ...   # joins a running Ray or starts one
+
+--data is the root of a data set with train/ and val/ beneath it (Parquet shards or image
+folders). Credentials come from the standard AWS environment of every Ray node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+# `python jobs/x.py` puts jobs/ first on sys.path; make the project importable from a plain
+# checkout or a `ray job submit --working-dir .` copy without an install.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from cluster.config import TrainConfig  # noqa: E402
+from cluster.model import MODELS  # noqa: E402
+from pipelines import (  # noqa: E402
+    PipelineConfig,
+    PreprocessConfig,
+    SchemaError,
+    SourceConfig,
+    StorageConfig,
+    StorageError,
+    plan_source,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = p.add_argument_group("data")
+    d.add_argument("--data", required=True,
+                   help="root of the data set: s3://bucket/prefix (or a local path) holding "
+                        "train/ and val/")
+    d.add_argument("--endpoint", default=None,
+                   help="S3 endpoint URL, e.g. http://127.0.0.1:8333 (default: "
+                        "AWS_ENDPOINT_URL, else AWS)")
+    d.add_argument("--region", default=None, help="S3 region (default: AWS_REGION or us-east-1)")
+    d.add_argument("--format", choices=["auto", "parquet", "folder"], default="auto",
+                   help="shard kind")
+    d.add_argument("--no-val", action="store_true", help="skip validation (no val/ split)")
+    pre = p.add_argument_group("preprocessing (the dedicated CPU pool)")
+    pre.add_argument("--recipe", choices=["imagenet", "small"], default="imagenet",
+                     help="augmentation recipe: imagenet, or small for tiny images like digits")
+    pre.add_argument("--image-size", type=int, default=224, help="side of the model input")
+    pre.add_argument("--pool-resource", default="preprocess_cpu",
+                     help="custom Ray resource naming the dedicated CPU pool")
+    pre.add_argument("--pool-min", type=int, default=1, help="fewest preprocessing actors")
+    pre.add_argument("--pool-max", type=int, default=2, help="most preprocessing actors")
+    pre.add_argument("--pool-cpus", type=float, default=None,
+                     help="pool resource a locally started Ray declares (default: one per "
+                          "core); ignored when joining a cluster")
+    t = p.add_argument_group("training")
+    t.add_argument("--model", choices=MODELS, default="resnet18", help="torchvision ResNet")
+    t.add_argument("--num-classes", type=int, default=None,
+                   help="output classes (default: from the data's label range)")
+    t.add_argument("--epochs", type=int, default=10, help="passes over the training data")
+    t.add_argument("--batch-size", type=int, default=64, help="examples per step per worker")
+    t.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default: 0.1 x global batch / 256)")
+    t.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
+    t.add_argument("--num-workers", type=int, default=2, help="Ray Train workers (DDP ranks)")
+    t.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    t.add_argument("--cpus-per-worker", type=float, default=1.0,
+                   help="Ray CPUs each training worker holds")
+    t.add_argument("--prefetch-batches", type=int, default=2,
+                   help="batches prepared ahead of each worker")
+    t.add_argument("--shuffle-buffer", type=int, default=0,
+                   help="rows in each worker's local shuffle buffer (0 = off)")
+    t.add_argument("--seed", type=int, default=0, help="seed of data order and model init")
+    o = p.add_argument_group("output")
+    o.add_argument("--storage-path", default=None,
+                   help="results and checkpoints: local path or s3://bucket/prefix (default: "
+                        "~/ray_results)")
+    o.add_argument("--run-name", default=None, help="run folder under --storage-path")
+    o.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
+    o.add_argument("--max-failures", type=int, default=0,
+                   help="worker-group restarts from the latest checkpoint")
+    o.add_argument("--summary-json", default=None, help="write the run summary here as JSON")
+    return p.parse_args(argv)
+
+
+def configs(args: argparse.Namespace) -> tuple[TrainConfig, PipelineConfig, PipelineConfig | None]:
+    storage = StorageConfig(endpoint=args.endpoint, region=args.region)
+    root = args.data.rstrip("/")
+    pre = PreprocessConfig(recipe=args.recipe, image_size=args.image_size,
+                           pool_resource=args.pool_resource, min_actors=args.pool_min,
+                           max_actors=args.pool_max)
+    train = PipelineConfig(
+        source=SourceConfig(url=f"{root}/train", storage=storage, format=args.format),
+        preprocess=pre, epochs=args.epochs, seed=args.seed)
+    val = None if args.no_val else PipelineConfig(
+        source=SourceConfig(url=f"{root}/val", storage=storage, format=args.format),
+        preprocess=pre, train=False, shuffle=False)
+    tc = TrainConfig(
+        model=args.model, num_classes=args.num_classes, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        num_workers=args.num_workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
+        prefetch_batches=args.prefetch_batches, shuffle_buffer_rows=args.shuffle_buffer,
+        storage_path=args.storage_path, run_name=args.run_name,
+        checkpoint_every=args.checkpoint_every, max_failures=args.max_failures, seed=args.seed)
+    return tc, train, val
+
+
+def print_summary(s) -> None:
+    acc = "n/a" if s.val_accuracy is None else f"{s.val_accuracy:.4f}"
+    print("\nfeedline run summary", flush=True)
+    print(f"  validation accuracy  {acc}")
+    print(f"  images/s (training)  {s.images_per_s:.0f}  "
+          f"({s.num_workers} {'GPU' if s.use_gpu else 'CPU'} workers)")
+    print(f"  waiting for data     {100 * s.data_wait_fraction:.1f}% of step time "
+          f"(h2d {100 * s.h2d_fraction:.1f}%, compute {100 * s.compute_fraction:.1f}%)")
+    print(f"  epochs / wall time   {s.epochs} / {s.wall_s:.1f} s  "
+          f"({s.train_rows} train, {s.val_rows} val rows)")
+    if s.checkpoint:
+        print(f"  checkpoint           {s.checkpoint}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    started = time.perf_counter()
+    try:
+        tc, train, val = configs(args)
+        # Plan before touching Ray: a wrong bucket, prefix, credential or schema fails in seconds.
+        plan = plan_source(train.source)
+        val_plan = plan_source(val.source) if val else None
+    except (StorageError, SchemaError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"data: {plan.num_rows} train rows in {plan.num_shards} {plan.format} shards"
+          + (f", {val_plan.num_rows} val rows" if val_plan else ""), flush=True)
+
+    from cluster.runtime import connect_or_start
+    from cluster.trainer import run_training
+
+    mode = connect_or_start(args.pool_resource, args.pool_cpus)
+    print(f"ray: {mode} a cluster", flush=True)
+    try:
+        summary = run_training(tc, train, val, plan, val_plan, started=started)
+    except (StorageError, SchemaError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print_summary(summary)
+    if args.summary_json:
+        with open(args.summary_json, "w") as f:
+            json.dump(summary.as_dict(), f, indent=2)
+        print(f"  summary written to   {args.summary_json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

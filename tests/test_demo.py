@@ -1,0 +1,85 @@
+"""Tier 3: `make demo`'s script, as a user runs it: it succeeds, and it stops everything it started
+when it succeeds, when the job fails, and when it is interrupted."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.services
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(ROOT, "jobs", "demo.py")
+
+
+def leftovers(workdir: str, ray_temp: str | None) -> list[str]:
+    """Command lines of processes still running from this demo (its SeaweedFS or Ray)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if workdir in cmd or (ray_temp and ray_temp in cmd):
+            found.append(cmd[:200])
+    return found
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def run_demo(workdir, *flags, interrupt_after: str | None = None, timeout=600):
+    proc = subprocess.Popen([sys.executable, DEMO, "--workdir", str(workdir), *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.monotonic() + timeout
+    for line in proc.stdout:
+        lines.append(line)
+        if interrupt_after and interrupt_after in line:
+            proc.send_signal(signal.SIGINT)
+            interrupt_after = None
+        assert time.monotonic() < deadline, "demo did not finish in time"
+    code = proc.wait(timeout=60)
+    text = "".join(lines)
+    temp = re.search(r"logs under (\S+)", text)
+    dash = re.search(r"dashboard http://127.0.0.1:(\d+)", text)
+    return code, text, temp.group(1) if temp else None, int(dash.group(1)) if dash else None
+
+
+def assert_all_stopped(workdir, temp, dashboard_port, text):
+    assert "[demo] stopped the Ray head and the object store" in text
+    time.sleep(1)
+    assert leftovers(str(workdir), temp) == []
+    if dashboard_port:
+        assert not port_open(dashboard_port)
+
+
+def test_demo_trains_prints_the_summary_and_cleans_up(tmp_path):
+    code, text, temp, port = run_demo(tmp_path)
+    assert code == 0, text[-4000:]
+    acc = float(re.search(r"validation accuracy : ([0-9.]+)", text).group(1))
+    assert acc >= 0.93, text[-4000:]
+    assert re.search(r"images/s\s+: \d+", text) and "waiting for data" in text
+    assert "epoch 5/5" in text  # the job's logs were streamed
+    assert_all_stopped(tmp_path, temp, port, text)
+
+
+def test_demo_cleans_up_when_the_job_fails(tmp_path):
+    code, text, temp, port = run_demo(tmp_path, "--epochs", "0")
+    assert code == 1, text[-4000:]
+    assert "the training job failed" in text and "epochs must be >= 1" in text
+    assert_all_stopped(tmp_path, temp, port, text)
+
+
+def test_demo_cleans_up_when_interrupted(tmp_path):
+    code, text, temp, port = run_demo(tmp_path, interrupt_after="Ray head up")
+    assert code == 130, text[-4000:]
+    assert "interrupted" in text
+    assert_all_stopped(tmp_path, temp, port, text)
