@@ -108,6 +108,28 @@ class RayHead:
                 continue
 
 
+_AGENT_NOT_READY = "No available agent to submit job"
+
+
+def submit(cmd: list[str], env: dict[str, str], attempts: int = 30) -> int:
+    """Run `ray job submit`, streaming its output. A fresh head's dashboard answers a few seconds
+    before its job agent registers; only that refusal is retried."""
+    for attempt in range(attempts):
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        not_ready = False
+        for line in proc.stdout:
+            not_ready = not_ready or _AGENT_NOT_READY in line
+            if not not_ready:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+        code = proc.wait()
+        if code == 0 or not not_ready or attempt == attempts - 1:
+            return code
+        time.sleep(2)
+    return code
+
+
 def print_summary(path: str) -> dict:
     with open(path) as f:
         s = json.load(f)
@@ -156,7 +178,7 @@ def main(argv=None) -> int:
             f"--summary-json={summary_path}",
         ]
         print("[demo] " + " ".join(cmd[1:]), flush=True)
-        code = subprocess.call(cmd, env=env, cwd=ROOT)
+        code = submit(cmd, env)
         if code != 0 or not os.path.exists(summary_path):
             print(f"[demo] the training job failed (exit {code}); Ray logs under "
                   f"{head.temp_dir}/session_latest/logs", file=sys.stderr, flush=True)
