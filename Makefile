@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(PY) jobs/demo.py
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check pipelines cluster jobs tests
 	$(PY) -m pytest
 
 lint: $(STAMP)

@@ -1,4 +1,4 @@
-"""Builds the Ray Train `TorchTrainer` over feedline's stream and turns its result into a summary."""
+"""Builds the Ray Train `TorchTrainer` over feedline's stream and summarises its result."""
 
 from __future__ import annotations
 

@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     store = EmbeddedObjectStore(data_dir=os.path.join(args.workdir, "store"))
     head: RayHead | None = None
     try:
-        print(f"[demo] starting SeaweedFS (weed mini) on 127.0.0.1 ...", flush=True)
+        print("[demo] starting SeaweedFS (weed mini) on 127.0.0.1 ...", flush=True)
         store.start()
         print(f"[demo] object store at {store.endpoint}, bucket '{store.bucket}'", flush=True)
         os.environ.update(store.env())  # this process writes the data set

@@ -1,4 +1,4 @@
-"""Pure decoding: encoded image bytes -> uint8 HWC RGB arrays, with bad input counted, not raised."""
+"""Pure decoding: encoded image bytes -> uint8 HWC RGB arrays; bad input counted, not raised."""
 
 from __future__ import annotations
 
