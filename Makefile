@@ -12,6 +12,9 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing feedline into $(VENV) (first time: a few minutes)"
+	@# A current pip resolves this dependency set several times faster than a venv's bundled one.
+	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 \
+		| grep -v "^WARNING: Location '.*' is ignored" || true
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
 		| grep -v "^WARNING: Location '.*' is ignored" || true
 	@$(PY) -c "import ray, torch, torchvision, pipelines, cluster" \

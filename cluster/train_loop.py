@@ -124,6 +124,57 @@ def _restore(model: nn.Module, optimizer) -> int:
     return int(state["epoch"]) + 1
 
 
+@dataclass
+class _Stepper:
+    """Runs and times the steps of one rank; `consumed` drives the learning-rate schedule."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.Module
+    device: torch.device
+    mean: torch.Tensor
+    std: torch.Tensor
+    tc: TrainConfig
+    total_rows: int
+    """Rows this rank consumes over the whole run (all epochs, resumed ones included)."""
+    consumed: int = 0
+
+    def epoch(self, batches) -> EpochTotals:
+        totals = EpochTotals()
+        batches = iter(batches)
+        while True:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            t1 = time.perf_counter()
+            if batch is None:
+                return totals
+            x = normalize_on_device(batch[IMAGE].to(self.device, non_blocking=True), self.mean,
+                                    self.std)
+            y = batch[LABEL].to(self.device, non_blocking=True)
+            _sync(self.device)
+            t2 = time.perf_counter()
+            lr = lr_at(self.consumed / self.total_rows, self.tc.peak_lr(),
+                       self.tc.warmup_fraction)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            logits = self.model(x)
+            loss = self.loss_fn(logits, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            n = batch_len(batch)
+            totals.loss_sum += loss.item() * n  # .item() also closes the step on GPU
+            totals.correct += (logits.argmax(1) == y).sum().item()
+            t3 = time.perf_counter()
+            self.consumed += n
+            totals.images += n
+            totals.steps += 1
+            totals.wait_s += t1 - t0
+            totals.h2d_s += t2 - t1
+            totals.compute_s += t3 - t2
+            totals.step_s += t3 - t0
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point. `config` holds: train (TrainConfig), rows_per_epoch (int),
     num_classes (int), image_size (int), val (PipelineConfig | None), val_plan (ShardPlan)."""
@@ -156,53 +207,24 @@ def train_loop_per_worker(config: dict) -> None:
     val_cfg: PipelineConfig | None = config.get("val")
     val_plan: ShardPlan | None = config.get("val_plan")
     val_units = val_plan.units[rank::world] if val_cfg is not None else ()
-    total_rows = rows * (tc.epochs - start_epoch)
+    evaluator = Preprocessor(val_cfg, val_units, single_thread=False) if val_units else None
+    step = _Stepper(model, optimizer, loss_fn, device, mean, std, tc,
+                    total_rows=rows * tc.epochs, consumed=rows * start_epoch)
     run = EpochTotals()
     run_wall = 0.0
-    consumed = 0
 
     for epoch in range(start_epoch, tc.epochs):
-        totals = EpochTotals()
         epoch_start = time.perf_counter()
-        batches = iter(slicer.epoch(rows))
-        while True:
-            t0 = time.perf_counter()
-            batch = next(batches, None)
-            t1 = time.perf_counter()
-            if batch is None:
-                break
-            x = normalize_on_device(batch[IMAGE].to(device, non_blocking=True), mean, std)
-            y = batch[LABEL].to(device, non_blocking=True)
-            _sync(device)
-            t2 = time.perf_counter()
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(consumed / total_rows, tc.peak_lr(), tc.warmup_fraction)
-            logits = model(x)
-            loss = loss_fn(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            n = batch_len(batch)
-            totals.loss_sum += loss.item() * n  # .item() also closes the step on GPU
-            totals.correct += (logits.argmax(1) == y).sum().item()
-            t3 = time.perf_counter()
-            consumed += n
-            totals.images += n
-            totals.steps += 1
-            totals.wait_s += t1 - t0
-            totals.h2d_s += t2 - t1
-            totals.compute_s += t3 - t2
-            totals.step_s += t3 - t0
+        totals = step.epoch(slicer.epoch(rows))
         if slicer.exhausted:
             raise RuntimeError(
                 f"rank {rank}: the data stream ended in epoch {epoch + 1} after "
                 f"{int(totals.images)} of {rows} rows; the dataset changed while training?"
             )
         train_wall = time.perf_counter() - epoch_start
-        if val_cfg is not None:
-            evaluator = Preprocessor(val_cfg, val_units, single_thread=False)
-            seqs = {"seq": np.arange(len(val_units))}
-            _evaluate(model, evaluator(seqs) if val_units else [], device, mean, std, totals)
+        if evaluator is not None:  # ranks without val units still join the all-reduce
+            blocks = evaluator({"seq": np.arange(len(val_units))})
+            _evaluate(model, blocks, device, mean, std, totals)
 
         summed = EpochTotals(*_all_reduce(list(astuple(totals)), device))
         (wall,) = _all_reduce([train_wall], device, op=dist.ReduceOp.MAX)
