@@ -6,14 +6,14 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
+
+from cluster.processes import start_service, stop_process_group, wait_ready
 
 __all__ = ["EmbeddedObjectStore", "weed_binary", "free_port"]
 
@@ -97,48 +97,28 @@ class EmbeddedObjectStore:
             args.append(f"-filer.downloadMaxMBps={self.download_mbps}")
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key,
                "AWS_SECRET_ACCESS_KEY": self.secret_key, "S3_BUCKET": self.bucket}
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                          stdin=subprocess.DEVNULL, start_new_session=True)
+        self._proc = start_service(args, env, self.log_path)
         try:
-            self._wait_ready(timeout_s)
+            wait_ready(self._proc, self._bucket_answers, timeout_s, "weed mini", self.log_path)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_ready(self, timeout_s: float) -> None:
+    def _bucket_answers(self) -> bool:
         # Ready means the bucket answers a signed request: weed creates it a few seconds after
         # the S3 port opens.
         fs = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{self.s3_port}", scheme="http",
                                access_key=self.access_key, secret_key=self.secret_key,
                                region="us-east-1", connect_timeout=1, request_timeout=3)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"weed mini exited with {self._proc.returncode}; see "
-                                   f"{self.log_path}")
-            try:
-                if fs.get_file_info(self.bucket).type == pafs.FileType.Directory:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.25)
-        raise TimeoutError(f"SeaweedFS not ready after {timeout_s:.0f}s; see {self.log_path}")
+        try:
+            return fs.get_file_info(self.bucket).type == pafs.FileType.Directory
+        except OSError:
+            return False
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=15)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=5)
+        stop_process_group(proc)
 
     def __enter__(self) -> EmbeddedObjectStore:
         return self.start()

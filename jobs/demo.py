@@ -16,11 +16,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from cluster.object_store import EmbeddedObjectStore, free_port  # noqa: E402
+from cluster.processes import start_service, stop_process_group, wait_ready  # noqa: E402
 from pipelines.datasets import write_digits  # noqa: E402
 
 
@@ -71,41 +74,24 @@ class RayHead:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def start(self, timeout_s: float = 120.0) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.args, env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
-        import urllib.error
-        import urllib.request
+        self.proc = start_service(self.args, self.env, self.log_path)
+        wait_ready(self.proc, self._dashboard_answers, timeout_s, "ray start", self.log_path,
+                   interval_s=0.5)
 
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ray start exited with {self.proc.returncode}; see "
-                                   f"{self.log_path}")
-            try:
-                with urllib.request.urlopen(f"{self.address}/api/version", timeout=2):
-                    return
-            except urllib.error.HTTPError:
-                return  # any HTTP answer (401 under token auth included) means it is serving
-            except OSError:
-                time.sleep(0.5)
-        raise TimeoutError(f"Ray head not ready after {timeout_s:.0f}s; see {self.log_path}")
+    def _dashboard_answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.address}/api/version", timeout=2):
+                return True
+        except urllib.error.HTTPError:
+            return True  # any HTTP answer (401 under token auth included) means it is serving
+        except OSError:
+            return False
 
     def stop(self) -> None:
+        # SIGTERM lets `ray start --block` drain and tear down the GCS, raylet, dashboard and
+        # workers it started.
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        # SIGTERM lets `ray start --block` tear down the GCS, raylet, dashboard and workers.
-        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(timeout=wait)
-                return
-            except ProcessLookupError:
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        stop_process_group(proc, grace_s=30)
 
 
 _AGENT_NOT_READY = "No available agent to submit job"
