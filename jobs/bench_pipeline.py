@@ -1,0 +1,337 @@
+"""Input-pipeline benchmark: feedline side by side with what users would pick instead, in one run,
+on the same Parquet shards from the same object store, with the same ImageNet recipe and output
+(uint8 224x224 batches of 256).
+
+    python jobs/bench_pipeline.py          # embedded SeaweedFS + 2,000 synthetic JPEGs
+    python jobs/bench_pipeline.py --data s3://b/prefix --endpoint http://127.0.0.1:8333
+
+Systems: limit (feedline's own decode + augment in a tight loop on bytes in memory, one process:
+the per-core ceiling), dataloader (PyTorch DataLoader, one worker per core, written the way its
+users write it), raydata (read_parquet -> map_batches -> iter_torch_batches, as the Ray Data docs
+write it), feedline (pipelines.build_dataset as the trainer consumes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import torch  # noqa: E402
+
+from pipelines import SourceConfig, StorageConfig, plan_source  # noqa: E402
+from pipelines.storage import resolve  # noqa: E402
+
+SYSTEMS = ("limit", "dataloader", "raydata", "feedline")
+BATCH, SIZE = 256, 224
+
+
+# ---------------------------------------------------------------- memory sampling (/proc only)
+def _tree_rss_bytes(root: int) -> int:
+    """RSS of `root` and all its descendants (Ray's workers are children of the raylet the driver
+    started). Shared pages (the object store's mmap) count once per process that touched them."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/statm") as f:
+                rss[int(entry)] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack.extend(children.get(pid, []))
+    return total
+
+
+def _shm_used_bytes() -> int:
+    st = os.statvfs("/dev/shm")
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+class PeakMemory:
+    """Samples process-tree RSS and /dev/shm use (Ray's object store) every 0.2 s."""
+
+    def __init__(self) -> None:
+        self.peak_rss = 0
+        self.shm_base = _shm_used_bytes()
+        self.peak_shm = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_rss = max(self.peak_rss, _tree_rss_bytes(os.getpid()))
+            self.peak_shm = max(self.peak_shm, _shm_used_bytes() - self.shm_base)
+            self._stop.wait(0.2)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# ---------------------------------------------------------------- measurement
+def measure(make_batches: Callable[[], Iterable], seconds: float) -> dict:
+    """Time to first batch from `make_batches()` (which builds the pipeline), then steady
+    images/s over the following `seconds`, skipping the first two batches as warm-up."""
+    with PeakMemory() as mem:
+        start = time.perf_counter()
+        it = iter(make_batches())
+        first = None
+        images, warm_images, warm_at = 0, 0, None
+        for batch in it:
+            now = time.perf_counter()
+            n = len(batch["label"])
+            images += n
+            if first is None:
+                first = now - start
+            elif warm_at is None and images >= 3 * BATCH:
+                warm_at, warm_images = now, images
+            if warm_at is not None and now - warm_at >= seconds:
+                break
+        end = time.perf_counter()
+        del it
+    steady = (images - warm_images) / (end - warm_at) if warm_at and end > warm_at else 0.0
+    return {"images_per_s": steady, "first_batch_s": first, "images": images,
+            "peak_rss_mb": mem.peak_rss / 2**20, "object_store_peak_mb": mem.peak_shm / 2**20}
+
+
+def _shards(data: str, storage: StorageConfig) -> tuple[list[str], str]:
+    """Parquet shard paths under `data` or `data`/train."""
+    for url in (data, f"{data.rstrip('/')}/train"):
+        try:
+            plan = plan_source(SourceConfig(url=url, storage=storage, format="parquet"))
+        except Exception:  # noqa: BLE001 - try the other layout
+            continue
+        return sorted({u.path for u in plan.units}), url
+    raise SystemExit(f"error: no Parquet shards under {data} or {data}/train")
+
+
+def _forever(make_epoch: Callable[[], Iterable]):
+    while True:
+        yield from make_epoch()
+
+
+# ---------------------------------------------------------------- the systems
+def run_limit(url: str, storage: StorageConfig, seconds: float) -> dict:
+    from pipelines.augment import apply_batch, build_transform, decode_side
+    from pipelines.decode import decode_image
+
+    torch.set_num_threads(1)
+    loc = resolve(url, storage)
+    shards, _ = _shards(url, storage)
+    blobs = []
+    for path in shards:
+        with loc.fs.open_input_file(path) as f:
+            blobs.extend(pq.read_table(f, columns=["image"]).column("image").to_pylist())
+    transform = build_transform("imagenet", SIZE, train=True)
+    side = decode_side("imagenet", SIZE, train=True)
+
+    def batches():
+        while True:
+            for s in range(0, len(blobs) - BATCH + 1, BATCH):
+                arrays = [decode_image(b, side) for b in blobs[s:s + BATCH]]
+                yield {"image": apply_batch(transform, arrays, SIZE),
+                       "label": np.zeros(BATCH, np.int64)}
+
+    return measure(batches, seconds)
+
+
+class _ParquetImages(torch.utils.data.IterableDataset):
+    """The IterableDataset a PyTorch user writes: each worker reads its share of the shards with
+    pyarrow, PIL-decodes each image, converts to RGB and applies torchvision v2 transforms."""
+
+    def __init__(self, shards: list[str], storage: StorageConfig, url: str):
+        super().__init__()
+        self.shards, self.storage, self.url = shards, storage, url
+
+    def __iter__(self):
+        from PIL import Image
+        from torchvision.transforms import v2
+
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        fs = resolve(self.url, self.storage).fs
+        transform = v2.Compose([
+            v2.ToImage(),
+            v2.RandomResizedCrop(SIZE, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(0.4, 0.4, 0.4),
+        ])
+        for path in self.shards[wid::nw]:
+            with fs.open_input_file(path) as f:
+                table = pq.read_table(f, columns=["image", "label"])
+            for data, label in zip(table.column("image").to_pylist(),
+                                   table.column("label").to_pylist(), strict=True):
+                img = Image.open(io.BytesIO(data)).convert("RGB")
+                yield {"image": transform(img), "label": label}
+
+
+def run_dataloader(url: str, storage: StorageConfig, seconds: float, cores: int) -> dict:
+    shards, _ = _shards(url, storage)
+    ds = _ParquetImages(shards, storage, url)
+
+    def batches():
+        loader = torch.utils.data.DataLoader(ds, batch_size=BATCH, num_workers=cores,
+                                             persistent_workers=True, prefetch_factor=2)
+        return _forever(lambda: loader)
+
+    return measure(batches, seconds)
+
+
+def _plain_transform(batch: dict) -> dict:
+    """The per-image code a Ray Data user writes in map_batches (same as the DataLoader's)."""
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    transform = v2.Compose([
+        v2.ToImage(),
+        v2.RandomResizedCrop(SIZE, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.ColorJitter(0.4, 0.4, 0.4),
+    ])
+    images = [transform(Image.open(io.BytesIO(b)).convert("RGB")) for b in batch["image"]]
+    return {"image": torch.stack(images).numpy(), "label": batch["label"]}
+
+
+def run_raydata(url: str, storage: StorageConfig, seconds: float) -> dict:
+    import ray
+
+    shards, _ = _shards(url, storage)
+    loc = resolve(url, storage)
+
+    def batches():
+        ds = ray.data.read_parquet(shards, filesystem=loc.fs, columns=["image", "label"])
+        ds = ds.map_batches(_plain_transform)
+        return _forever(lambda: ds.iter_torch_batches(batch_size=BATCH))
+
+    return measure(batches, seconds)
+
+
+def run_feedline(url: str, storage: StorageConfig, seconds: float, cores: int) -> dict:
+    from cluster.train_loop import Collate
+    from pipelines import PipelineConfig, PreprocessConfig, build_dataset
+
+    _, train_url = _shards(url, storage)
+
+    def batches():
+        cfg = PipelineConfig(
+            source=SourceConfig(url=train_url, storage=storage, format="parquet"),
+            preprocess=PreprocessConfig(recipe="imagenet", image_size=SIZE, min_actors=cores,
+                                        max_actors=cores),
+            epochs=1000)
+        return build_dataset(cfg).iter_torch_batches(batch_size=BATCH, collate_fn=Collate())
+
+    return measure(batches, seconds)
+
+
+# ---------------------------------------------------------------- main
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", default=None,
+                   help="prefix holding canonical Parquet shards (directly or under train/); "
+                        "default: start the embedded object store and write synthetic JPEGs")
+    p.add_argument("--endpoint", default=None, help="S3 endpoint URL (default: AWS_ENDPOINT_URL)")
+    p.add_argument("--systems", default=",".join(SYSTEMS),
+                   help=f"comma-separated subset of {','.join(SYSTEMS)}")
+    p.add_argument("--seconds", type=float, default=20.0,
+                   help="steady-state window per system, after the first batches")
+    p.add_argument("--count", type=int, default=2000, help="synthetic images when generating")
+    p.add_argument("--size", default="320x256", help="synthetic image WIDTHxHEIGHT")
+    p.add_argument("--json", default=None, help="write the results here")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = set(systems) - set(SYSTEMS)
+    if unknown:
+        print(f"error: unknown systems {sorted(unknown)}; choose from {SYSTEMS}", file=sys.stderr)
+        return 2
+    cores = os.cpu_count() or 1
+    store = None
+    data = args.data
+    if data is None:
+        from cluster.object_store import EmbeddedObjectStore
+        from pipelines.datasets import write_synthetic
+
+        store = EmbeddedObjectStore(data_dir=tempfile.mkdtemp(prefix="feedline-bench-")).start()
+        os.environ.update(store.env())
+        w, h = (int(v) for v in args.size.split("x"))
+        data = write_synthetic(f"s3://{store.bucket}/bench", count=args.count, size=(w, h),
+                               val_fraction=0.0).url
+        print(f"wrote {args.count} synthetic {args.size} JPEGs to {data} at {store.endpoint}",
+              flush=True)
+    storage = StorageConfig(endpoint=args.endpoint)
+    results: dict[str, dict] = {}
+    try:
+        for name in systems:
+            print(f"measuring {name} ...", flush=True)
+            if name == "limit":
+                results[name] = run_limit(data, storage, args.seconds)
+            elif name == "dataloader":
+                results[name] = run_dataloader(data, storage, args.seconds, cores)
+            else:
+                # A fresh local Ray per system: its object store and processes are its own.
+                import ray
+
+                ray.init(num_cpus=cores, resources={"preprocess_cpu": cores},
+                         include_dashboard=False, log_to_driver=False)
+                try:
+                    run = run_raydata if name == "raydata" else run_feedline
+                    results[name] = (run(data, storage, args.seconds) if name == "raydata"
+                                     else run(data, storage, args.seconds, cores))
+                finally:
+                    ray.shutdown()
+    finally:
+        if store is not None:
+            store.stop()
+
+    limit = results.get("limit", {}).get("images_per_s")
+    for r in results.values():
+        r["images_per_s_per_core"] = r["images_per_s"] / cores
+        r["ratio_to_limit"] = r["images_per_s"] / (limit * cores) if limit else None
+    results.get("limit", {}).update(images_per_s_per_core=limit, ratio_to_limit=1.0 / cores
+                                    if limit else None)
+    dl = results.get("dataloader", {}).get("images_per_s")
+    print(f"\n{cores} cores, batches of {BATCH} x 3x{SIZE}x{SIZE} uint8, ImageNet recipe")
+    print(f"{'system':<11}{'img/s':>9}{'img/s/core':>12}{'x limit':>9}{'x dataloader':>14}"
+          f"{'first batch':>13}{'peak RSS MB':>13}{'obj store MB':>14}")
+    for name, r in results.items():
+        ratio = "" if r["ratio_to_limit"] is None else f"{r['ratio_to_limit']:.2f}"
+        vs_dl = f"{r['images_per_s'] / dl:.2f}" if dl else ""
+        print(f"{name:<11}{r['images_per_s']:>9.0f}{r['images_per_s_per_core']:>12.0f}"
+              f"{ratio:>9}{vs_dl:>14}{r['first_batch_s']:>12.2f}s{r['peak_rss_mb']:>13.0f}"
+              f"{r['object_store_peak_mb']:>14.0f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"cores": cores, "systems": results}, f, indent=2)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
