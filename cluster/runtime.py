@@ -29,6 +29,7 @@ def connect_or_start(pool_resource: str, pool_cpus: float | None = None) -> str:
     have = ray.cluster_resources().get(pool_resource, 0)
     if have <= 0:
         log.warning(
-            "the cluster declares no %r resource: preprocessing actors cannot be placed. Start "
-            "pool nodes with --resources='{\"%s\": N}'", pool_resource, pool_resource)
+            "the cluster declares no %r resource: preprocessing actors cannot be placed until "
+            "pool nodes join (start them with --resources='{\"%s\": N}'); the run fails after "
+            "--pool-wait-s", pool_resource, pool_resource)
     return mode

@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="custom Ray resource naming the dedicated CPU pool")
     pre.add_argument("--pool-min", type=int, default=1, help="fewest preprocessing actors")
     pre.add_argument("--pool-max", type=int, default=2, help="most preprocessing actors")
+    pre.add_argument("--pool-wait-s", type=int, default=600,
+                     help="seconds to wait for the first preprocessing actors (e.g. while an "
+                          "autoscaler adds pool nodes) before failing")
     pre.add_argument("--pool-cpus", type=float, default=None,
                      help="pool resource a locally started Ray declares (default: one per "
                           "core); ignored when joining a cluster")
@@ -94,7 +97,7 @@ def configs(args: argparse.Namespace) -> tuple[TrainConfig, PipelineConfig, Pipe
     root = args.data.rstrip("/")
     pre = PreprocessConfig(recipe=args.recipe, image_size=args.image_size,
                            pool_resource=args.pool_resource, min_actors=args.pool_min,
-                           max_actors=args.pool_max)
+                           max_actors=args.pool_max, actor_start_timeout_s=args.pool_wait_s)
     train = PipelineConfig(
         source=SourceConfig(url=f"{root}/train", storage=storage, format=args.format),
         preprocess=pre, epochs=args.epochs, seed=args.seed)

@@ -136,7 +136,7 @@ def build_dataset(config: PipelineConfig, *, plan: ShardPlan | None = None) -> r
     # they need a concurrency cap: zero-CPU tasks are otherwise launched without bound.
     seqs = ray.data.read_datasource(UnitIndex(n), override_num_blocks=n, num_cpus=0,
                                     concurrency=1)
-    return seqs.map_batches(
+    ds = seqs.map_batches(
         Preprocessor,
         fn_constructor_kwargs={"config": config, "units": plan.units},
         batch_size=1,
@@ -144,3 +144,6 @@ def build_dataset(config: PipelineConfig, *, plan: ShardPlan | None = None) -> r
         num_cpus=0,
         resources={p.pool_resource: p.resource_per_actor},
     )
+    # Without a bound, a cluster that never gets a pool node would wait for the actors forever.
+    ds.context.wait_for_min_actors_s = p.actor_start_timeout_s
+    return ds

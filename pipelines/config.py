@@ -64,6 +64,9 @@ class PreprocessConfig:
     """Upper bound of the actor pool (Ray Data scales between the bounds on queue depth)."""
     output_rows: int = 256
     """Rows per block the actors emit; the trainer re-batches to its own batch size."""
+    actor_start_timeout_s: int = 600
+    """Seconds to wait for the first `min_actors` actors to start (time for an autoscaler to add
+    pool nodes) before the run fails; Ray Data's own default waits forever."""
 
 
 @dataclass(frozen=True, kw_only=True)

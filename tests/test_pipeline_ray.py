@@ -4,6 +4,7 @@ import collections
 
 import numpy as np
 import pytest
+import ray
 
 from pipelines import PipelineConfig, PreprocessConfig, SourceConfig, build_dataset, plan_source
 from pipelines.datasets import write_synthetic
@@ -46,3 +47,12 @@ def test_image_folder_shards_stream_through_the_imagenet_recipe(ray_cluster, s3_
     assert rows["image"].shape == (24, 3, 32, 32)
     assert set(rows["label"].tolist()) <= {0, 1, 2}
     assert all(k.endswith(".jpg") for k in rows["key"])
+
+
+def test_a_cluster_without_the_pool_fails_instead_of_waiting_forever(ray_cluster, digits_url):
+    cfg = PipelineConfig(
+        source=SourceConfig(url=f"{digits_url}/val"),
+        preprocess=PreprocessConfig(recipe="small", image_size=8, pool_resource="absent_pool",
+                                    actor_start_timeout_s=5))
+    with pytest.raises(ray.exceptions.GetTimeoutError, match="Timed out while starting actors"):
+        build_dataset(cfg).take_batch(10)
