@@ -35,6 +35,10 @@ class TrainConfig:
     """Ray Train workers (DDP ranks)."""
     use_gpu: bool = False
     """One GPU per worker; False trains on CPU with the same code."""
+    amp: bool = False
+    """bf16 autocast for forward and loss on GPU (ignored on CPU)."""
+    channels_last: bool = False
+    """NHWC memory format for model and inputs (faster convolutions on recent GPUs)."""
     cpus_per_worker: float = 1.0
     """Plain Ray CPUs each training worker holds (the preprocessing pool uses its own resource)."""
     prefetch_batches: int = 2

@@ -2,7 +2,9 @@
 
 Each step is timed in three phases: waiting for the next batch (the data stall), host-to-device
 copy, and compute (forward, backward, optimizer step including DDP's all-reduce). On GPU the
-phases are closed with a synchronize so the split is true; on CPU wall time is the truth.
+batch arrives through a DevicePrefetcher (its copy overlapped the previous step) and the phases
+are closed by synchronizing the compute stream only, so the split is true without serialising the
+next copy; on CPU wall time is the truth.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import nn
 from cluster.config import TrainConfig
 from cluster.epochs import EpochSlicer, batch_len
 from cluster.model import build_model, normalize_on_device
+from cluster.prefetch import DevicePrefetcher
 from pipelines.build import Preprocessor
 from pipelines.config import PipelineConfig
 from pipelines.sources import IMAGE, LABEL, ShardPlan
@@ -87,8 +90,10 @@ def _all_reduce(values: list[float], device: torch.device, op=dist.ReduceOp.SUM)
 
 
 def _sync(device: torch.device) -> None:
+    """Wait for the compute stream only: a device-wide sync would also wait for the next batch's
+    copy on the prefetcher's side stream and undo the overlap."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        torch.cuda.current_stream(device).synchronize()
 
 
 def _evaluate(model: nn.Module, batches, device, mean, std, totals: EpochTotals) -> None:
@@ -141,24 +146,27 @@ class _Stepper:
 
     def epoch(self, batches) -> EpochTotals:
         totals = EpochTotals()
-        batches = iter(batches)
+        batches = iter(DevicePrefetcher(batches, self.device))
+        use_amp = self.tc.amp and self.device.type == "cuda"
         while True:
             t0 = time.perf_counter()
             batch = next(batches, None)
             t1 = time.perf_counter()
             if batch is None:
                 return totals
-            x = normalize_on_device(batch[IMAGE].to(self.device, non_blocking=True), self.mean,
-                                    self.std)
-            y = batch[LABEL].to(self.device, non_blocking=True)
+            x = normalize_on_device(batch[IMAGE], self.mean, self.std)
+            if self.tc.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = batch[LABEL]
             _sync(self.device)
             t2 = time.perf_counter()
             lr = lr_at(self.consumed / self.total_rows, self.tc.peak_lr(),
                        self.tc.warmup_fraction)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            logits = self.model(x)
-            loss = self.loss_fn(logits, y)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits = self.model(x)
+                loss = self.loss_fn(logits, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -189,6 +197,8 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(tc.seed)
     small = tc.small_input if tc.small_input is not None else config["image_size"] <= 64
     model = build_model(tc.model, config["num_classes"], small_input=small)
+    if tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=tc.peak_lr(), momentum=tc.momentum,
                                 nesterov=True, weight_decay=tc.weight_decay)

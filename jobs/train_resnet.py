@@ -73,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
     t.add_argument("--num-workers", type=int, default=2, help="Ray Train workers (DDP ranks)")
     t.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    t.add_argument("--amp", action="store_true", help="bf16 autocast on GPU")
+    t.add_argument("--channels-last", action="store_true",
+                   help="NHWC memory format for model and inputs")
     t.add_argument("--cpus-per-worker", type=float, default=1.0,
                    help="Ray CPUs each training worker holds")
     t.add_argument("--prefetch-batches", type=int, default=2,
@@ -107,7 +110,8 @@ def configs(args: argparse.Namespace) -> tuple[TrainConfig, PipelineConfig, Pipe
     tc = TrainConfig(
         model=args.model, num_classes=args.num_classes, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        num_workers=args.num_workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
+        num_workers=args.num_workers, use_gpu=args.use_gpu, amp=args.amp,
+        channels_last=args.channels_last, cpus_per_worker=args.cpus_per_worker,
         prefetch_batches=args.prefetch_batches, shuffle_buffer_rows=args.shuffle_buffer,
         storage_path=args.storage_path, run_name=args.run_name,
         checkpoint_every=args.checkpoint_every, max_failures=args.max_failures, seed=args.seed)
