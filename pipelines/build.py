@@ -86,14 +86,18 @@ class Preprocessor:
         self.transform = build_transform(p.recipe, p.image_size, config.train)
         self.min_side = decode_side(p.recipe, p.image_size, config.train)
         self.stats = DecodeStats()
-        self._orders: dict[int, np.ndarray] = {}
+        self._order_epoch, self._order = -1, np.arange(0)
 
     def _unit(self, seq: int) -> tuple[int, int, WorkUnit]:
+        """Epoch, unit index and unit of stream position `seq` (units arrive epoch by epoch, so
+        one epoch's order is kept at a time)."""
         n = len(self.units)
         epoch, pos = divmod(seq, n)
-        if epoch not in self._orders:
-            self._orders = {epoch: unit_order(n, epoch, self.config.seed, self.config.shuffle)}
-        return epoch, int(self._orders[epoch][pos]), self.units[int(self._orders[epoch][pos])]
+        if epoch != self._order_epoch:
+            self._order_epoch = epoch
+            self._order = unit_order(n, epoch, self.config.seed, self.config.shuffle)
+        index = int(self._order[pos])
+        return epoch, index, self.units[index]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         import torch
@@ -106,9 +110,11 @@ class Preprocessor:
             order = np.arange(n)
             if cfg.shuffle:
                 np.random.default_rng([cfg.seed, epoch, index]).shuffle(order)
-            # Seed torch's RNG per unit: the same seed, epoch and unit give the same augmentation
-            # whichever actor processes it.
-            torch.manual_seed(hash((cfg.seed, epoch, index)) & 0x7FFFFFFF)
+            if cfg.train:
+                # Seed torch's RNG per unit: the same seed, epoch and unit give the same
+                # augmentation whichever actor processes it. (Validation transforms are
+                # deterministic; leave the RNG of the trainer process that runs them alone.)
+                torch.manual_seed(hash((cfg.seed, epoch, index)) & 0x7FFFFFFF)
             for start in range(0, n, p.output_rows):
                 take = order[start : start + p.output_rows]
                 keys = rows[KEY][take]

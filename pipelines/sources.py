@@ -16,7 +16,6 @@ seconds, as one clear line, instead of deep inside a Ray task.
 
 from __future__ import annotations
 
-import json
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -64,28 +63,6 @@ class WorkUnit:
     """Label of each entry of `files`."""
     num_rows: int = 0
 
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "path": self.path,
-                "row_groups": self.row_groups,
-                "files": self.files,
-                "labels": self.labels,
-                "num_rows": self.num_rows,
-            }
-        )
-
-    @staticmethod
-    def from_json(text: str) -> WorkUnit:
-        d = json.loads(text)
-        return WorkUnit(
-            path=d["path"],
-            row_groups=tuple(d["row_groups"]),
-            files=tuple(d["files"]),
-            labels=tuple(d["labels"]),
-            num_rows=d["num_rows"],
-        )
-
 
 @dataclass(frozen=True)
 class ShardPlan:
@@ -97,6 +74,7 @@ class ShardPlan:
     units: tuple[WorkUnit, ...]
     num_rows: int
     num_shards: int
+    """Parquet files, or image files."""
     classes: tuple[str, ...] = ()
     """Folder names in label order (image folders only)."""
     label_range: tuple[int, int] | None = None
@@ -120,7 +98,7 @@ def _list(loc: Location) -> list[pafs.FileInfo]:
         raise explain(e, loc) from None
 
 
-def _check_schema(path: str, url: str, schema: pa.Schema) -> None:
+def _check_schema(url: str, schema: pa.Schema) -> None:
     names = schema.names
     ok = (
         IMAGE in names
@@ -149,7 +127,7 @@ def _parquet_units(loc: Location, files: list[pafs.FileInfo], rows_per_unit: int
         except pa.ArrowInvalid as e:
             raise SchemaError(f"shard {shown} is not a readable Parquet file: {e}") from None
         schema = meta.schema.to_arrow_schema()
-        _check_schema(info.path, shown, schema)
+        _check_schema(shown, schema)
         groups = [meta.row_group(i) for i in range(meta.num_row_groups)]
         col = schema.get_field_index(LABEL)
         stats = [g.column(col).statistics for g in groups if g.num_rows]
@@ -208,7 +186,7 @@ def plan_source(cfg: SourceConfig) -> ShardPlan:
         shards = len(parquet)
     else:
         units, classes, label_range = _folder_units(loc, files, cfg.rows_per_unit)
-        shards = len(units)
+        shards = sum(u.num_rows for u in units)  # every image file is a shard of one
     num_rows = sum(u.num_rows for u in units)
     if not files or num_rows == 0:
         what = "Parquet shards" if fmt == "parquet" else "Parquet shards or image files"
