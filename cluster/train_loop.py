@@ -33,7 +33,7 @@ from pipelines.build import Preprocessor
 from pipelines.config import PipelineConfig
 from pipelines.sources import IMAGE, LABEL, ShardPlan
 
-__all__ = ["train_loop_per_worker", "lr_at", "Collate", "EpochTotals"]
+__all__ = ["train_loop_per_worker", "lr_at", "Collate", "EpochTotals", "all_reduce"]
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CHECKPOINT_FILE = "state.pt"
@@ -82,7 +82,8 @@ class EpochTotals:
     val_count: float = 0.0
 
 
-def _all_reduce(values: list[float], device: torch.device, op=dist.ReduceOp.SUM) -> list[float]:
+def all_reduce(values: list[float], device: torch.device, op=dist.ReduceOp.SUM) -> list[float]:
+    """Reduce `values` across ranks (a no-op for a single worker without a process group)."""
     t = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_initialized():
         dist.all_reduce(t, op=op)
@@ -236,8 +237,8 @@ def train_loop_per_worker(config: dict) -> None:
             blocks = evaluator({"seq": np.arange(len(val_units))})
             _evaluate(model, blocks, device, mean, std, totals)
 
-        summed = EpochTotals(*_all_reduce(list(astuple(totals)), device))
-        (wall,) = _all_reduce([train_wall], device, op=dist.ReduceOp.MAX)
+        summed = EpochTotals(*all_reduce(list(astuple(totals)), device))
+        (wall,) = all_reduce([train_wall], device, op=dist.ReduceOp.MAX)
         run = EpochTotals(*(a + b for a, b in zip(astuple(run), astuple(summed), strict=True)))
         run_wall += wall
         metrics = {
@@ -265,6 +266,8 @@ def train_loop_per_worker(config: dict) -> None:
                 f"waiting for data {100 * metrics['data_wait_fraction']:.1f}%  "
                 f"({wall:.1f}s)"
             )
+        # The last epoch always checkpoints: Ray Train v2 keeps only metrics reported with a
+        # checkpoint in Result.metrics, which the run summary is built from.
         due = (epoch + 1) % tc.checkpoint_every == 0 or epoch + 1 == tc.epochs
         if rank == 0 and due:
             with tempfile.TemporaryDirectory() as d:

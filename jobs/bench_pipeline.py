@@ -14,7 +14,6 @@ write it), feedline (pipelines.build_dataset as the trainer consumes it).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -158,39 +157,11 @@ def run_limit(url: str, storage: StorageConfig, seconds: float) -> dict:
     return measure(batches, seconds)
 
 
-class _ParquetImages(torch.utils.data.IterableDataset):
-    """The IterableDataset a PyTorch user writes: each worker reads its share of the shards with
-    pyarrow, PIL-decodes each image, converts to RGB and applies torchvision v2 transforms."""
-
-    def __init__(self, shards: list[str], storage: StorageConfig, url: str):
-        super().__init__()
-        self.shards, self.storage, self.url = shards, storage, url
-
-    def __iter__(self):
-        from PIL import Image
-        from torchvision.transforms import v2
-
-        info = torch.utils.data.get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        fs = resolve(self.url, self.storage).fs
-        transform = v2.Compose([
-            v2.ToImage(),
-            v2.RandomResizedCrop(SIZE, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.ColorJitter(0.4, 0.4, 0.4),
-        ])
-        for path in self.shards[wid::nw]:
-            with fs.open_input_file(path) as f:
-                table = pq.read_table(f, columns=["image", "label"])
-            for data, label in zip(table.column("image").to_pylist(),
-                                   table.column("label").to_pylist(), strict=True):
-                img = Image.open(io.BytesIO(data)).convert("RGB")
-                yield {"image": transform(img), "label": label}
-
-
 def run_dataloader(url: str, storage: StorageConfig, seconds: float, cores: int) -> dict:
+    from pipelines.baselines import ParquetImages
+
     shards, _ = _shards(url, storage)
-    ds = _ParquetImages(shards, storage, url)
+    ds = ParquetImages(shards, url, storage, SIZE)
 
     def batches():
         loader = torch.utils.data.DataLoader(ds, batch_size=BATCH, num_workers=cores,
@@ -200,30 +171,14 @@ def run_dataloader(url: str, storage: StorageConfig, seconds: float, cores: int)
     return measure(batches, seconds)
 
 
-def _plain_transform(batch: dict) -> dict:
-    """The per-image code a Ray Data user writes in map_batches (same as the DataLoader's)."""
-    from PIL import Image
-    from torchvision.transforms import v2
-
-    transform = v2.Compose([
-        v2.ToImage(),
-        v2.RandomResizedCrop(SIZE, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.ColorJitter(0.4, 0.4, 0.4),
-    ])
-    images = [transform(Image.open(io.BytesIO(b)).convert("RGB")) for b in batch["image"]]
-    return {"image": torch.stack(images).numpy(), "label": batch["label"]}
-
-
 def run_raydata(url: str, storage: StorageConfig, seconds: float) -> dict:
-    import ray
+
+    from pipelines.baselines import plain_dataset
 
     shards, _ = _shards(url, storage)
-    loc = resolve(url, storage)
 
     def batches():
-        ds = ray.data.read_parquet(shards, filesystem=loc.fs, columns=["image", "label"])
-        ds = ds.map_batches(_plain_transform)
+        ds = plain_dataset(shards, url, storage, SIZE)
         return _forever(lambda: ds.iter_torch_batches(batch_size=BATCH))
 
     return measure(batches, seconds)
