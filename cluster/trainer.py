@@ -72,12 +72,9 @@ def _run_config(tc: TrainConfig, pipeline: PipelineConfig) -> ray.train.RunConfi
 
 
 def build_trainer(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig | None,
-                  plan: ShardPlan | None = None, val_plan: ShardPlan | None = None
-                  ) -> TorchTrainer:
-    """A TorchTrainer whose workers read `pipeline` as one continuous multi-epoch stream."""
-    plan = plan or plan_source(pipeline.source)
-    if val is not None and val_plan is None:
-        val_plan = plan_source(val.source)
+                  plan: ShardPlan, val_plan: ShardPlan | None) -> TorchTrainer:
+    """A TorchTrainer whose workers read `pipeline` (planned as `plan`) as one continuous
+    multi-epoch stream and validate on `val` (planned as `val_plan`) after every epoch."""
     if pipeline.epochs != tc.epochs:
         pipeline = dataclasses.replace(pipeline, epochs=tc.epochs)
     resources = {"CPU": tc.cpus_per_worker}
