@@ -28,7 +28,13 @@ import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
-from pipelines import SourceConfig, StorageConfig, plan_source  # noqa: E402
+from pipelines import (  # noqa: E402
+    SchemaError,
+    SourceConfig,
+    StorageConfig,
+    StorageError,
+    plan_source,
+)
 from pipelines.storage import resolve  # noqa: E402
 
 SYSTEMS = ("limit", "dataloader", "raydata", "feedline")
@@ -117,14 +123,16 @@ def measure(make_batches: Callable[[], Iterable], seconds: float) -> dict:
 
 
 def _shards(data: str, storage: StorageConfig) -> tuple[list[str], str]:
-    """Parquet shard paths under `data` or `data`/train."""
-    for url in (data, f"{data.rstrip('/')}/train"):
-        try:
-            plan = plan_source(SourceConfig(url=url, storage=storage, format="parquet"))
-        except Exception:  # noqa: BLE001 - try the other layout
-            continue
-        return sorted({u.path for u in plan.units}), url
-    raise SystemExit(f"error: no Parquet shards under {data} or {data}/train")
+    """Parquet shard paths under `data` or `data`/train, and the URL that holds them."""
+    try:
+        url = data
+        plan = plan_source(SourceConfig(url=url, storage=storage, format="parquet"))
+    except StorageError:
+        # Not directly under `data`: the canonical layout's train/. If that fails too, its error
+        # (credentials, endpoint, empty prefix) is the one to show.
+        url = f"{data.rstrip('/')}/train"
+        plan = plan_source(SourceConfig(url=url, storage=storage, format="parquet"))
+    return sorted({u.path for u in plan.units}), url
 
 
 def _forever(make_epoch: Callable[[], Iterable]):
@@ -261,6 +269,9 @@ def main(argv=None) -> int:
                                      else run(data, storage, args.seconds, cores))
                 finally:
                     ray.shutdown()
+    except (StorageError, SchemaError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     finally:
         if store is not None:
             store.stop()
