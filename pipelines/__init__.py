@@ -3,7 +3,6 @@
 This package never imports `cluster`: it knows nothing of training.
 """
 
-from pipelines.build import build_dataset
 from pipelines.config import PipelineConfig, PreprocessConfig, SourceConfig, StorageConfig
 from pipelines.sources import SchemaError, ShardPlan, plan_source
 from pipelines.storage import StorageError
@@ -19,3 +18,13 @@ __all__ = [
     "SchemaError",
     "StorageError",
 ]
+
+
+def __getattr__(name: str):
+    # build_dataset is imported on first use: `pipelines.build` pulls in torch and torchvision,
+    # which a Ray worker that only unpickles the (torch-free) work-unit index must not pay for.
+    if name == "build_dataset":
+        from pipelines.build import build_dataset
+
+        return build_dataset
+    raise AttributeError(f"module 'pipelines' has no attribute {name!r}")

@@ -13,50 +13,22 @@ into epochs by the exact row count the plan knows up front.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Iterator
 
 import numpy as np
-import pyarrow as pa
 import ray
-from ray.data import Datasource, ReadTask
-from ray.data.block import BlockMetadata
 
 from pipelines.augment import apply_batch, build_transform, decode_side
 from pipelines.config import PipelineConfig
 from pipelines.decode import DecodeStats, decode_many
+from pipelines.index import SEQ, UnitIndex
 from pipelines.sources import IMAGE, KEY, LABEL, ShardPlan, WorkUnit, plan_source, read_unit
 from pipelines.storage import resolve
 
 __all__ = ["build_dataset", "Preprocessor", "unit_order"]
 
 log = logging.getLogger(__name__)
-SEQ = "seq"
-
-
-def _seq_block(seq: int) -> list[pa.Table]:
-    return [pa.table({SEQ: pa.array([seq], pa.int64())})]
-
-
-class UnitIndex(Datasource):
-    """Blocks of one work-unit index each, 0 .. n-1, made lazily by read tasks as the stream
-    needs them: nothing is built or put in the object store up front, so a 90-epoch plan starts
-    as fast as a 1-epoch one (from_items of every unit of every epoch cost 6 s at 8,000 units)."""
-
-    def __init__(self, n: int):
-        super().__init__()
-        self.n = n
-
-    def estimate_inmemory_data_size(self) -> int:
-        return 8 * self.n
-
-    def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None
-                       ) -> list[ReadTask]:
-        meta = BlockMetadata(num_rows=1, size_bytes=8, exec_stats=None, input_files=None)
-        return [ReadTask(functools.partial(_seq_block, i), meta) for i in range(self.n)]
-
-
 def unit_order(num_units: int, epoch: int, seed: int, shuffle: bool) -> np.ndarray:
     """The order in which epoch `epoch` visits the units: a seeded permutation per epoch."""
     order = np.arange(num_units)
