@@ -2,9 +2,10 @@
 
 Shape of the stream, chosen for speed (see README, "Why one stream"):
 
-    read_datasource(UnitIndex(epochs*units))        tiny index blocks, made lazily
-      -> map_batches(Preprocessor, concurrency=(min, max), resources={pool: 1}, num_cpus=0)
-           read unit from object storage -> decode -> augment -> uint8 (N, 3, S, S) blocks
+    read_datasource(UnitIndex(epochs*units))        stream positions, a few per block, lazily
+      -> map_batches(Preprocessor, ActorPoolStrategy(min, max), resources={pool: 1}, num_cpus=0)
+           per position: read its unit from object storage -> decode -> augment ->
+           uint8 (N, 3, S, S) blocks, each sent on as soon as it is made
 
 All epochs are ONE Ray Data execution, so the actor pool starts once per run (not once per epoch)
 and keeps streaming across epoch boundaries while trainers validate. The trainer cuts the stream
@@ -14,6 +15,7 @@ into epochs by the exact row count the plan knows up front.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -23,12 +25,14 @@ from pipelines.augment import apply_batch, build_transform, decode_side
 from pipelines.config import PipelineConfig
 from pipelines.decode import DecodeStats, decode_many
 from pipelines.index import SEQ, UnitIndex
+from pipelines.observe import BlockObserver, BlockSpan
 from pipelines.sources import IMAGE, KEY, LABEL, ShardPlan, WorkUnit, plan_source, read_unit
 from pipelines.storage import resolve
 
-__all__ = ["build_dataset", "Preprocessor", "unit_order"]
+__all__ = ["build_dataset", "Preprocessor", "unit_order", "MAX_INDEX_TASKS"]
 
 log = logging.getLogger(__name__)
+MAX_INDEX_TASKS = 512
 def unit_order(num_units: int, epoch: int, seed: int, shuffle: bool) -> np.ndarray:
     """The order in which epoch `epoch` visits the units: a seeded permutation per epoch."""
     order = np.arange(num_units)
@@ -46,7 +50,7 @@ class Preprocessor:
     """
 
     def __init__(self, config: PipelineConfig, units: tuple[WorkUnit, ...],
-                 single_thread: bool = True):
+                 single_thread: bool = True, observer: BlockObserver | None = None):
         import torch
 
         if single_thread:
@@ -58,6 +62,7 @@ class Preprocessor:
         self.transform = build_transform(p.recipe, p.image_size, config.train)
         self.min_side = decode_side(p.recipe, p.image_size, config.train)
         self.stats = DecodeStats()
+        self.observer = observer
         self._order_epoch, self._order = -1, np.arange(0)
 
     def _unit(self, seq: int) -> tuple[int, int, WorkUnit]:
@@ -76,6 +81,7 @@ class Preprocessor:
 
         cfg, p = self.config, self.config.preprocess
         for seq in batch[SEQ]:
+            started = time.time()
             epoch, index, unit = self._unit(int(seq))
             rows = read_unit(unit, self.fs)
             n = len(rows[LABEL])
@@ -90,33 +96,45 @@ class Preprocessor:
             for start in range(0, n, p.output_rows):
                 take = order[start : start + p.output_rows]
                 keys = rows[KEY][take]
+                bad_before = dict(self.stats.bad)
                 arrays, kept = decode_many(rows[IMAGE][take], keys, self.stats, self.min_side)
-                if not kept:
-                    continue
-                yield {
+                block = {
                     IMAGE: apply_batch(self.transform, arrays, p.image_size),
                     LABEL: rows[LABEL][take][kept],
                     KEY: keys[kept],
                 }
+                if self.observer is not None:
+                    bad = {k: v - bad_before.get(k, 0) for k, v in self.stats.bad.items()
+                           if v != bad_before.get(k, 0)}
+                    self.observer.on_block(BlockSpan(started, time.time(), len(kept), epoch, bad))
+                if kept:
+                    yield block
+                started = time.time()  # the next block's work starts when this one is taken
 
 
-def build_dataset(config: PipelineConfig, *, plan: ShardPlan | None = None) -> ray.data.Dataset:
+def build_dataset(config: PipelineConfig, *, plan: ShardPlan | None = None,
+                  observer: BlockObserver | None = None) -> ray.data.Dataset:
     """The preprocessed stream of `config.epochs` passes over `config.source`.
 
     Rows are ``image`` (uint8, 3 x S x S), ``label`` (int64) and ``key`` (str). Pass `plan`
-    when the caller already planned the source (it needs the row count anyway).
+    when the caller already planned the source (it needs the row count anyway), and `observer`
+    to hear of every block a pool actor makes (it is pickled into each actor).
     """
     plan = plan or plan_source(config.source)
     p = config.preprocess
     n = config.epochs * len(plan.units)
-    # One index per block lets Ray Data hand each unit to whichever actor is free. The index
-    # reads take no CPU (they must not wait behind trainers that hold every CPU of a node), so
-    # they need a concurrency cap: zero-CPU tasks are otherwise launched without bound.
-    seqs = ray.data.read_datasource(UnitIndex(n), override_num_blocks=n, num_cpus=0,
+    # Group positions so the stream needs at most MAX_INDEX_TASKS read tasks (start-up cost),
+    # but keep each group well under one epoch's share per actor: actors work on different
+    # groups at once, and a group that spans an epoch boundary mixes two epochs' units.
+    per_task = max(1, min(-(-n // MAX_INDEX_TASKS), len(plan.units) // (2 * p.max_actors)))
+    index = UnitIndex(n, per_task)
+    # The index reads take no CPU (they must not wait behind trainers that hold every CPU of a
+    # node), so they need a concurrency cap: zero-CPU tasks are otherwise launched without bound.
+    seqs = ray.data.read_datasource(index, override_num_blocks=index.num_tasks, num_cpus=0,
                                     concurrency=1)
     ds = seqs.map_batches(
         Preprocessor,
-        fn_constructor_kwargs={"config": config, "units": plan.units},
+        fn_constructor_kwargs={"config": config, "units": plan.units, "observer": observer},
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(min_size=p.min_actors, max_size=p.max_actors),
         num_cpus=0,
@@ -124,4 +142,9 @@ def build_dataset(config: PipelineConfig, *, plan: ShardPlan | None = None) -> r
     )
     # Without a bound, a cluster that never gets a pool node would wait for the actors forever.
     ds.context.wait_for_min_actors_s = p.actor_start_timeout_s
+    # An actor call covers `per_task` units and yields one block per `output_rows` images. Ray
+    # Data merges yields until a block passes target_max_block_size (128 MiB): set it just under
+    # one full block so each block leaves as soon as it is made (and is never sliced: slicing
+    # starts at 1.5x the target).
+    ds.context.target_max_block_size = int(0.9 * p.output_rows * 3 * p.image_size ** 2)
     return ds
