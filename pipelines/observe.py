@@ -1,0 +1,31 @@
+"""What a preprocessing worker tells the outside world about each block it makes.
+
+`pipelines` knows nothing of metrics, timelines or training (it never imports `cluster`): the
+`Preprocessor` hands a `BlockSpan` per output block to an optional `BlockObserver` it was given.
+The implementation that feeds Prometheus and the run timeline lives in `cluster.monitor`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = ["BlockSpan", "BlockObserver"]
+
+
+@dataclass(frozen=True)
+class BlockSpan:
+    """One output block: when its work started and ended (epoch seconds, `time.time()`), how
+    many images it holds, and the bad records skipped while making it, by kind."""
+
+    start: float
+    end: float
+    images: int
+    epoch: int
+    bad: dict[str, int] = field(default_factory=dict)
+
+
+class BlockObserver(Protocol):
+    """Called in the preprocessing process once per block; must be cheap and never raise."""
+
+    def on_block(self, span: BlockSpan) -> None: ...
