@@ -1,0 +1,101 @@
+"""One run's sink for what its processes measure: pool totals, bad records, timeline spans.
+
+`RunMonitor` is a zero-CPU Ray actor the driver starts per run. Pool actors reach it through a
+`PoolReporter` (the `pipelines.observe.BlockObserver` they are given), trainer ranks through
+the handle in their config. Everything it holds is small (counters, and spans only when a
+timeline was asked for, capped), and calls to it are fire-and-forget: nothing on the data path
+waits for it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections import Counter
+from dataclasses import dataclass
+
+import ray
+
+from cluster.metrics import PoolMetrics
+from pipelines.observe import BlockSpan
+
+__all__ = ["RunMonitor", "PoolReporter", "start_monitor", "PoolTotals", "MAX_SPANS"]
+
+MAX_SPANS = 200_000
+"""Spans kept per kind (train steps, pool blocks); a timeline of a long run shows its start."""
+
+
+@dataclass(frozen=True)
+class PoolTotals:
+    images: int
+    busy_s: float
+    blocks: int
+    bad: dict[str, int]
+    actors: int
+
+
+@ray.remote(num_cpus=0)
+class RunMonitor:
+    def __init__(self, timeline: bool):
+        self.timeline = timeline
+        self.images = self.blocks = 0
+        self.busy_s = 0.0
+        self.bad: Counter = Counter()
+        self.actors: set[str] = set()
+        self.pool_spans: list[tuple[str, float, float, int, int]] = []
+        self.train_spans: list[tuple[int, float, float, float, float, int]] = []
+
+    def add_block(self, actor: str, span: BlockSpan, stage: str = "train") -> None:
+        self.bad.update(span.bad)
+        if stage != "train":  # validation, made inside the trainers: only its bad records
+            return
+        self.actors.add(actor)
+        self.images += span.images
+        self.blocks += 1
+        self.busy_s += span.end - span.start
+        if self.timeline and len(self.pool_spans) < MAX_SPANS:
+            self.pool_spans.append((actor, span.start, span.end, span.images, span.epoch))
+
+    def add_steps(self, rank: int, steps: list[tuple[float, float, float, float, int]]) -> None:
+        """Steps of one rank: (start, got_batch, on_device, end, images), epoch seconds."""
+        room = MAX_SPANS - len(self.train_spans)
+        self.train_spans.extend((rank, *s) for s in steps[:max(0, room)])
+
+    def totals(self) -> PoolTotals:
+        return PoolTotals(self.images, self.busy_s, self.blocks, dict(self.bad),
+                          len(self.actors))
+
+    def spans(self) -> tuple[list, list]:
+        return self.train_spans, self.pool_spans
+
+
+def start_monitor(timeline: bool) -> ray.actor.ActorHandle:
+    return RunMonitor.remote(timeline)
+
+
+class PoolReporter:
+    """The observer pool actors are given: feeds the Prometheus pool metrics of this process
+    and tells the run's monitor of every block. `stage="val"` (validation inside the trainers)
+    reports bad records only: its work is not the pool's."""
+
+    def __init__(self, run: str, monitor: ray.actor.ActorHandle | None, stage: str = "train"):
+        self.run, self.monitor, self.stage = run, monitor, stage
+        self._metrics: PoolMetrics | None = None
+        self._actor = ""
+
+    def __getstate__(self) -> dict:
+        return {"run": self.run, "monitor": self.monitor, "stage": self.stage}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["run"], state["monitor"], state["stage"])
+
+    def on_block(self, span: BlockSpan) -> None:
+        if self._metrics is None:  # first block in this process
+            self._actor = f"{socket.gethostname()}:{os.getpid()}"
+            self._metrics = PoolMetrics(self.run, self._actor)
+        if self.stage == "train":
+            self._metrics.observe(span.images, span.end - span.start, span.bad)
+        else:
+            self._metrics.observe(0, 0.0, span.bad)
+        if self.monitor is not None:
+            self.monitor.add_block.remote(self._actor, span, self.stage)
