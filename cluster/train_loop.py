@@ -27,7 +27,9 @@ from torch import nn
 
 from cluster.config import TrainConfig
 from cluster.epochs import EpochSlicer, batch_len
+from cluster.metrics import StepMetrics
 from cluster.model import build_model, normalize_on_device
+from cluster.monitor import PoolReporter
 from cluster.prefetch import DevicePrefetcher
 from pipelines.build import Preprocessor
 from pipelines.config import PipelineConfig
@@ -80,6 +82,9 @@ class EpochTotals:
     val_loss_sum: float = 0.0
     val_correct: float = 0.0
     val_count: float = 0.0
+    fresh: float = 0.0
+    """Examples seen for the first time (every example, until data echoing lands)."""
+    echoed: float = 0.0
 
 
 def all_reduce(values: list[float], device: torch.device, op=dist.ReduceOp.SUM) -> list[float]:
@@ -143,7 +148,16 @@ class _Stepper:
     tc: TrainConfig
     total_rows: int
     """Rows this rank consumes over the whole run (all epochs, resumed ones included)."""
+    metrics: StepMetrics | None = None
+    keep_steps: bool = False
+    """Keep every step's (start, got batch, on device, end, images) for the timeline."""
     consumed: int = 0
+
+    def __post_init__(self) -> None:
+        self.steps: list[tuple[float, float, float, float, int]] = []
+        # perf_counter for durations, shifted to epoch seconds so that spans of different
+        # processes (ranks, pool actors) line up on one timeline.
+        self._to_wall = time.time() - time.perf_counter()
 
     def epoch(self, batches) -> EpochTotals:
         totals = EpochTotals()
@@ -177,16 +191,23 @@ class _Stepper:
             t3 = time.perf_counter()
             self.consumed += n
             totals.images += n
+            totals.fresh += n
             totals.steps += 1
             totals.wait_s += t1 - t0
             totals.h2d_s += t2 - t1
             totals.compute_s += t3 - t2
             totals.step_s += t3 - t0
+            if self.metrics is not None:
+                self.metrics.observe(t1 - t0, t2 - t1, t3 - t2, fresh=n, now=t3)
+            if self.keep_steps:
+                w = self._to_wall
+                self.steps.append((t0 + w, t1 + w, t2 + w, t3 + w, n))
 
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point. `config` holds: train (TrainConfig), rows_per_epoch (int),
-    num_classes (int), image_size (int), val (PipelineConfig | None), val_plan (ShardPlan)."""
+    num_classes (int), image_size (int), val (PipelineConfig | None), val_plan (ShardPlan),
+    run (str, the metrics' run label), monitor (RunMonitor handle or None), timeline (bool)."""
     tc: TrainConfig = config["train"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -218,9 +239,15 @@ def train_loop_per_worker(config: dict) -> None:
     val_cfg: PipelineConfig | None = config.get("val")
     val_plan: ShardPlan | None = config.get("val_plan")
     val_units = val_plan.units[rank::world] if val_cfg is not None else ()
-    evaluator = Preprocessor(val_cfg, val_units, single_thread=False) if val_units else None
+    monitor = config.get("monitor")
+    run_label = config.get("run", "")
+    evaluator = (Preprocessor(val_cfg, val_units, single_thread=False,
+                              observer=PoolReporter(run_label, monitor, stage="val"))
+                 if val_units else None)
     step = _Stepper(model, optimizer, loss_fn, device, mean, std, tc,
-                    total_rows=rows * tc.epochs, consumed=rows * start_epoch)
+                    total_rows=rows * tc.epochs, metrics=StepMetrics(run_label, rank),
+                    keep_steps=bool(config.get("timeline")) and monitor is not None,
+                    consumed=rows * start_epoch)
     run = EpochTotals()
     run_wall = 0.0
 
@@ -233,6 +260,9 @@ def train_loop_per_worker(config: dict) -> None:
                 f"{int(totals.images)} of {rows} rows; the dataset changed while training?"
             )
         train_wall = time.perf_counter() - epoch_start
+        if step.steps:
+            monitor.add_steps.remote(rank, step.steps)
+            step.steps = []
         if evaluator is not None:  # ranks without val units still join the all-reduce
             blocks = evaluator({"seq": np.arange(len(val_units))})
             _evaluate(model, blocks, device, mean, std, totals)
@@ -256,6 +286,11 @@ def train_loop_per_worker(config: dict) -> None:
             "run_data_wait_fraction": run.wait_s / max(1e-9, run.step_s),
             "run_h2d_fraction": run.h2d_s / max(1e-9, run.step_s),
             "run_compute_fraction": run.compute_s / max(1e-9, run.step_s),
+            "run_wait_s": run.wait_s,
+            "run_h2d_s": run.h2d_s,
+            "run_compute_s": run.compute_s,
+            "run_fresh": run.fresh,
+            "run_echoed": run.echoed,
         }
         if rank == 0:
             val = metrics["val_accuracy"]

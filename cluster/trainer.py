@@ -11,11 +11,13 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from cluster.config import TrainConfig
+from cluster.monitor import PoolReporter, start_monitor
+from cluster.timeline import write_timeline
 from cluster.train_loop import train_loop_per_worker
 from pipelines import PipelineConfig, ShardPlan, build_dataset, plan_source
 from pipelines.storage import resolve
 
-__all__ = ["RunSummary", "build_trainer", "run_training"]
+__all__ = ["RunSummary", "build_trainer", "run_training", "run_label"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,21 @@ class RunSummary:
     compute_fraction: float
     final_train_loss: float
     checkpoint: str | None
+    run: str
+    """The `run` label of this run's metrics."""
+    data_wait_s: float
+    """Seconds trainers spent blocked waiting for batches, summed over ranks."""
+    h2d_s: float
+    compute_s: float
+    fresh_examples: int
+    """Examples trained on for the first time."""
+    echoed_examples: int
+    """Reuses of examples by data echoing (0 without echoing)."""
+    bad_examples: int
+    """Records skipped as undecodable (training and validation), by kind in `bad_by_kind`."""
+    bad_by_kind: dict
+    timeline: str | None = None
+    """Directory holding timeline.json and timeline.png, when asked for."""
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -71,10 +88,20 @@ def _run_config(tc: TrainConfig, pipeline: PipelineConfig) -> ray.train.RunConfi
     )
 
 
+def run_label(tc: TrainConfig) -> str:
+    """The `run` label of the metrics: the run's name, or one made from the clock."""
+    return tc.run_name or time.strftime("feedline-%Y%m%d-%H%M%S")
+
+
 def build_trainer(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig | None,
-                  plan: ShardPlan, val_plan: ShardPlan | None) -> TorchTrainer:
+                  plan: ShardPlan, val_plan: ShardPlan | None, *, run: str | None = None,
+                  monitor: ray.actor.ActorHandle | None = None, timeline: bool = False
+                  ) -> TorchTrainer:
     """A TorchTrainer whose workers read `pipeline` (planned as `plan`) as one continuous
-    multi-epoch stream and validate on `val` (planned as `val_plan`) after every epoch."""
+    multi-epoch stream and validate on `val` (planned as `val_plan`) after every epoch.
+    Metrics carry the label `run`; `monitor` (a RunMonitor) collects pool totals and, with
+    `timeline`, every step and block."""
+    run = run or run_label(tc)
     if pipeline.epochs != tc.epochs:
         pipeline = dataclasses.replace(pipeline, epochs=tc.epochs)
     resources = {"CPU": tc.cpus_per_worker}
@@ -89,28 +116,42 @@ def build_trainer(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig
             "image_size": pipeline.preprocess.image_size,
             "val": val,
             "val_plan": val_plan,
+            "run": run,
+            "monitor": monitor,
+            "timeline": timeline,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources),
         run_config=_run_config(tc, pipeline),
-        datasets={"train": build_dataset(pipeline, plan=plan)},
+        datasets={"train": build_dataset(pipeline, plan=plan,
+                                         observer=PoolReporter(run, monitor))},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
 
 
 def run_training(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig | None,
                  plan: ShardPlan | None = None, val_plan: ShardPlan | None = None,
-                 started: float | None = None) -> RunSummary:
+                 started: float | None = None, timeline_dir: str | None = None) -> RunSummary:
     """Train on `pipeline` (validating on `val` after each epoch) and summarise. Plans the data
     first unless given, so bad input fails before any Ray work; `started` is the clock reading
-    the wall time counts from (default: now)."""
+    the wall time counts from (default: now). With `timeline_dir`, writes timeline.json and
+    timeline.png there."""
     start = started if started is not None else time.perf_counter()
     plan = plan or plan_source(pipeline.source)
     if val is not None and val_plan is None:
         val_plan = plan_source(val.source)
-    trainer = build_trainer(tc, pipeline, val, plan, val_plan)
-    result = trainer.fit()
-    wall = time.perf_counter() - start
+    run = run_label(tc)
+    monitor = start_monitor(timeline=timeline_dir is not None)
+    try:
+        trainer = build_trainer(tc, pipeline, val, plan, val_plan, run=run, monitor=monitor,
+                                timeline=timeline_dir is not None)
+        result = trainer.fit()
+        wall = time.perf_counter() - start
+        pool = ray.get(monitor.totals.remote())
+        if timeline_dir is not None and result.error is None:
+            write_timeline(timeline_dir, *ray.get(monitor.spans.remote()))
+    finally:
+        ray.kill(monitor)
     if result.error is not None:
         raise result.error
     m = result.metrics
@@ -130,4 +171,13 @@ def run_training(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig 
         compute_fraction=m["run_compute_fraction"],
         final_train_loss=m["train_loss"],
         checkpoint=result.checkpoint.path if result.checkpoint else None,
+        run=run,
+        data_wait_s=m["run_wait_s"],
+        h2d_s=m["run_h2d_s"],
+        compute_s=m["run_compute_s"],
+        fresh_examples=int(m["run_fresh"]),
+        echoed_examples=int(m["run_echoed"]),
+        bad_examples=sum(pool.bad.values()),
+        bad_by_kind=pool.bad,
+        timeline=timeline_dir,
     )

@@ -92,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     o.add_argument("--max-failures", type=int, default=0,
                    help="worker-group restarts from the latest checkpoint")
     o.add_argument("--summary-json", default=None, help="write the run summary here as JSON")
+    o.add_argument("--timeline", default=None, metavar="DIR",
+                   help="write DIR/timeline.json (Chrome trace: Perfetto, chrome://tracing) and "
+                        "DIR/timeline.png: every step's wait/h2d/compute and every pool block")
     return p.parse_args(argv)
 
 
@@ -126,10 +129,19 @@ def print_summary(s) -> None:
           f"({s.num_workers} {'GPU' if s.use_gpu else 'CPU'} workers)")
     print(f"  waiting for data     {100 * s.data_wait_fraction:.1f}% of step time "
           f"(h2d {100 * s.h2d_fraction:.1f}%, compute {100 * s.compute_fraction:.1f}%)")
+    print(f"  step time, all ranks data wait {s.data_wait_s:.1f} s, h2d {s.h2d_s:.1f} s, "
+          f"compute {s.compute_s:.1f} s")
+    print(f"  examples             {s.fresh_examples} fresh, {s.echoed_examples} echoed, "
+          f"{s.bad_examples} bad records skipped"
+          + (f" ({', '.join(f'{k} {v}' for k, v in sorted(s.bad_by_kind.items()))})"
+             if s.bad_examples else ""))
     print(f"  epochs / wall time   {s.epochs} / {s.wall_s:.1f} s  "
           f"({s.train_rows} train, {s.val_rows} val rows)")
+    print(f"  metrics run label    {s.run}")
     if s.checkpoint:
         print(f"  checkpoint           {s.checkpoint}")
+    if s.timeline:
+        print(f"  timeline             {s.timeline}/timeline.json, {s.timeline}/timeline.png")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     mode = connect_or_start(args.pool_resource, args.pool_cpus)
     print(f"ray: {mode} a cluster", flush=True)
     try:
-        summary = run_training(tc, train, val, plan, val_plan, started=started)
+        summary = run_training(tc, train, val, plan, val_plan, started=started,
+                               timeline_dir=args.timeline)
     except (StorageError, SchemaError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
