@@ -1,0 +1,188 @@
+"""Stall-time observability.
+
+Pure: the stall window, the Chrome trace and the PNG. Ray + services: a short training run on
+local Ray, scraped by a real Prometheus; every dashboard panel's query must return data, the
+feedline_ metrics must be on Ray's metrics endpoint, and --timeline's files must be written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from cluster import metrics as m
+from cluster.timeline import chrome_trace, write_timeline
+
+DASHBOARDS = sorted((Path(__file__).parent.parent / "dashboards").glob("*.json"))
+# What Grafana would substitute; the test evaluates panels over the run's time range.
+GRAFANA_VARS = {"$__rate_interval": "30s", "$__interval": "2s", "$__range": "5m", "$run": ".*"}
+
+
+# ---------------------------------------------------------------- pure
+def test_stall_window_tracks_the_recent_share_of_waiting():
+    w = m.StallWindow(window_s=10.0)
+    assert w.add(wait=0.0, step=1.0, now=0.0) == 0.0
+    assert w.add(wait=1.0, step=1.0, now=1.0) == pytest.approx(0.5)
+    # 20 s later the first two steps have left the window: only the stalled one counts.
+    assert w.add(wait=3.0, step=4.0, now=21.0) == pytest.approx(0.75)
+
+
+def test_exported_names_follow_rays_prometheus_conventions():
+    assert m.exported(m.DATA_WAIT, "_bucket") == "ray_feedline_data_wait_seconds_bucket"
+    assert m.exported(m.EXAMPLES) == "ray_feedline_examples_total"
+    assert all(name.startswith("feedline_") for name in m.METRICS)
+
+
+def _spans():
+    train = [(r, 100.0 + i, 100.0 + i + 0.3 * (r + 1), 100.0 + i + 0.35 * (r + 1),
+              101.0 + i, 64) for r in (0, 1) for i in range(5)]
+    pool = [("host:1", 99.0 + 0.8 * i, 99.7 + 0.8 * i, 256, 0) for i in range(6)]
+    return train, pool
+
+
+def test_chrome_trace_has_a_track_per_rank_and_per_actor_with_phase_spans():
+    trace = chrome_trace(*_spans())
+    names = {(e["pid"], e.get("tid"), e["args"]["name"]) for e in trace["traceEvents"]
+             if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert {n for *_, n in names} == {"rank 0", "rank 1", "actor host:1"}
+    spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert {e["name"] for e in spans} == {"wait", "h2d", "compute", "block"}
+    assert min(e["ts"] for e in spans) == 0.0  # relative to the first span
+    wait0 = next(e for e in spans if e["name"] == "wait" and e["tid"] == 0)
+    assert wait0["ts"] == pytest.approx(1e6) and wait0["dur"] == pytest.approx(0.3e6)
+
+
+def test_write_timeline_writes_json_and_png(tmp_path):
+    trace_path, png_path = write_timeline(str(tmp_path / "tl"), *_spans())
+    assert json.loads(Path(trace_path).read_text())["traceEvents"]
+    assert Path(png_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _panel_queries() -> list[tuple[str, str, str]]:
+    out = []
+    for path in DASHBOARDS:
+        board = json.loads(path.read_text())
+        for panel in board["panels"]:
+            for target in panel["targets"]:
+                expr = target["expr"]
+                for var, value in GRAFANA_VARS.items():
+                    expr = expr.replace(var, value)
+                out.append((path.name, panel["title"], expr))
+    return out
+
+
+def test_dashboards_are_importable_grafana_json_with_a_datasource_variable():
+    assert {p.name for p in DASHBOARDS} == {"feedline-stall.json", "feedline-pool.json"}
+    for path in DASHBOARDS:
+        board = json.loads(path.read_text())
+        variables = {v["name"]: v for v in board["templating"]["list"]}
+        assert variables["datasource"]["type"] == "datasource"
+        for panel in board["panels"]:
+            assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+            assert panel["targets"], panel["title"]
+    assert (DASHBOARDS[0].parent / "provisioning" / "dashboards.yaml").exists()
+    # Every feedline series a panel reads is one cluster/metrics.py defines.
+    known = {m.exported(n, s) for n, (kind, *_ ) in m.METRICS.items()
+             for s in (("_bucket", "_sum", "_count") if kind == "histogram" else ("",))}
+    used = {name for *_, expr in _panel_queries()
+            for name in re.findall(r"ray_feedline_\w+", expr)}
+    assert used and used <= known, used - known
+
+
+# ---------------------------------------------------------------- real run + real Prometheus
+@pytest.fixture(scope="session")
+def prometheus_bin():
+    if shutil.which("prometheus") is None:
+        # The Debian package; the test setup installs it where it is missing (root, as in CI).
+        subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive "
+                       "apt-get install -y -qq --no-install-recommends prometheus",
+                       shell=True, check=True, timeout=900, stdout=subprocess.DEVNULL)
+    return shutil.which("prometheus")
+
+
+@pytest.fixture(scope="module")
+def observed_run(ray_cluster, object_store, prometheus_bin, tmp_path_factory):
+    """A short digits run (3 bad validation records planted) scraped by a real Prometheus."""
+    from cluster.config import TrainConfig
+    from cluster.prometheus import LocalPrometheus, ray_metrics_targets
+    from cluster.trainer import run_training
+    from pipelines import PipelineConfig, PreprocessConfig, SourceConfig
+    from pipelines.datasets import write_digits
+
+    url = write_digits(f"s3://{object_store.bucket}/observed", bad_val=3).url
+    pre = PreprocessConfig(recipe="small", image_size=8, min_actors=1, max_actors=2)
+    train = PipelineConfig(source=SourceConfig(url=f"{url}/train"), preprocess=pre)
+    val = PipelineConfig(source=SourceConfig(url=f"{url}/val"), preprocess=pre, train=False,
+                         shuffle=False)
+    tc = TrainConfig(epochs=2, batch_size=32, lr=0.05, num_workers=2, cpus_per_worker=1,
+                     run_name="observed", storage_path=str(tmp_path_factory.mktemp("results")))
+    timeline = tmp_path_factory.mktemp("timeline")
+    with LocalPrometheus(targets=ray_metrics_targets(), scrape_s=1.0) as prom:
+        start = time.time()
+        summary = run_training(tc, train, val, timeline_dir=str(timeline))
+        # Ray's metrics agent exports what workers reported at most ~10 s ago; let it catch up.
+        time.sleep(15)
+        yield {"prom": prom, "summary": summary, "start": start - 5, "end": time.time(),
+               "timeline": timeline}
+
+
+
+
+@pytest.mark.ray
+@pytest.mark.services
+def test_feedline_metrics_are_on_rays_prometheus_endpoint(observed_run):
+    from cluster.prometheus import ray_metrics_targets
+
+    text = "".join(urllib.request.urlopen(f"http://{t}/metrics", timeout=10).read().decode()
+                   for t in ray_metrics_targets())
+    for name, suffix in ((m.DATA_WAIT, "_bucket"), (m.STEP, "_count"), (m.STALL_FRACTION, ""),
+                         (m.EXAMPLES, ""), (m.PREPROCESS_IMAGES, "")):
+        assert re.search(rf"^{m.exported(name, suffix)}\{{.*run=\"observed\"", text, re.M), name
+
+
+@pytest.mark.ray
+@pytest.mark.services
+def test_every_dashboard_panel_query_returns_data_from_a_real_prometheus(observed_run):
+    prom, start, end = observed_run["prom"], observed_run["start"], observed_run["end"]
+    assert all(t["health"] == "up" for t in prom.active_targets())
+    empty = [(board, title, expr) for board, title, expr in _panel_queries()
+             if not prom.query_range(expr, start, end, step=2)]
+    assert not empty, "panels without data:\n" + "\n".join(map(str, empty))
+    # The check can fail: a query on a metric nobody exports comes back empty.
+    assert not prom.query_range("sum(rate(ray_feedline_no_such_metric_total[30s]))",
+                                start, end, step=2)
+
+
+@pytest.mark.ray
+@pytest.mark.services
+def test_run_summary_carries_the_totals(observed_run):
+    s = observed_run["summary"]
+    rows_per_rank = 1437 // 2
+    assert s.fresh_examples == 2 * 2 * rows_per_rank  # 2 epochs x 2 ranks
+    assert s.echoed_examples == 0
+    assert s.bad_examples == 2 * 3  # 3 bad val records, skipped in each of 2 validations
+    assert set(s.bad_by_kind) == {"zero_bytes", "not_an_image", "truncated"}
+    assert s.data_wait_s > 0 and s.compute_s > 0 and s.h2d_s >= 0
+    assert s.data_wait_fraction == pytest.approx(
+        s.data_wait_s / (s.data_wait_s + s.h2d_s + s.compute_s), rel=1e-6)
+    assert s.val_rows == 360
+
+
+@pytest.mark.ray
+@pytest.mark.services
+def test_timeline_has_every_step_of_every_rank_and_the_pool_blocks(observed_run):
+    d = observed_run["timeline"]
+    trace = json.loads((d / "timeline.json").read_text())
+    spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    steps = {rank: sum(1 for e in spans if e["name"] == "compute" and e["tid"] == rank)
+             for rank in (0, 1)}
+    assert steps[0] == steps[1] > 0  # DDP: equal step counts
+    assert any(e["name"] == "block" for e in spans)
+    assert (d / "timeline.png").read_bytes()[:4] == b"\x89PNG"
