@@ -79,6 +79,10 @@ class EmbeddedObjectStore:
     def log_path(self) -> str:
         return os.path.join(self.data_dir, "weed.log")
 
+    def pid(self) -> int | None:
+        """Process id of the running server (its process group leader), or None."""
+        return self._proc.pid if self._proc is not None else None
+
     def env(self) -> dict[str, str]:
         """The standard AWS variables a client of this store needs."""
         return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,

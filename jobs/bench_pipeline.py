@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -42,7 +43,7 @@ BATCH, SIZE = 256, 224
 
 
 # ---------------------------------------------------------------- memory sampling (/proc only)
-def _tree_rss_bytes(root: int) -> int:
+def _tree_rss_bytes(root: int, exclude: frozenset[int] = frozenset()) -> int:
     """RSS of `root` and all its descendants (Ray's workers are children of the raylet the driver
     started). Shared pages (the object store's mmap) count once per process that touched them.
     One read of /proc/PID/stat per process (ppid and rss are both there): the sampler shares the
@@ -65,6 +66,8 @@ def _tree_rss_bytes(root: int) -> int:
     total, stack = 0, [root]
     while stack:
         pid = stack.pop()
+        if pid in exclude:
+            continue
         total += rss.get(pid, 0)
         stack.extend(children.get(pid, []))
     return total
@@ -76,7 +79,10 @@ def _shm_used_bytes() -> int:
 
 
 class PeakMemory:
-    """Samples process-tree RSS and /dev/shm use (Ray's object store) every 0.5 s."""
+    """Samples process-tree RSS and /dev/shm use (Ray's object store) every 0.5 s. The process
+    trees in EXCLUDE (the embedded object store's server: storage, not loader) do not count."""
+
+    EXCLUDE: frozenset[int] = frozenset()
 
     def __init__(self) -> None:
         self.peak_rss = 0
@@ -87,7 +93,7 @@ class PeakMemory:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak_rss = max(self.peak_rss, _tree_rss_bytes(os.getpid()))
+            self.peak_rss = max(self.peak_rss, _tree_rss_bytes(os.getpid(), self.EXCLUDE))
             self.peak_shm = max(self.peak_shm, _shm_used_bytes() - self.shm_base)
             self._stop.wait(0.5)
 
@@ -120,6 +126,11 @@ def measure(make_batches: Callable[[], Iterable], seconds: float) -> dict:
             if warm_at is not None and now - warm_at >= seconds:
                 break
         end = time.perf_counter()
+        # Stop the pipeline's own threads now: one left running touches Ray after the
+        # ray.shutdown() that follows, and Ray then exits the whole process.
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
         del it
     steady = (images - warm_images) / (end - warm_at) if warm_at and end > warm_at else 0.0
     return {"images_per_s": steady, "first_batch_s": first, "images": images,
@@ -243,15 +254,16 @@ def main(argv=None) -> int:
     data = args.data
     if data is None:
         from cluster.object_store import EmbeddedObjectStore
-        from pipelines.datasets import write_synthetic
 
         store = EmbeddedObjectStore(data_dir=tempfile.mkdtemp(prefix="feedline-bench-")).start()
         os.environ.update(store.env())
-        w, h = (int(v) for v in args.size.split("x"))
-        data = write_synthetic(f"s3://{store.bucket}/bench", count=args.count, size=(w, h),
-                               val_fraction=0.0).url
-        print(f"wrote {args.count} synthetic {args.size} JPEGs to {data} at {store.endpoint}",
-              flush=True)
+        PeakMemory.EXCLUDE = frozenset({store.pid()})
+        data = f"s3://{store.bucket}/bench"
+        # In a child process: the JPEGs it holds while writing must not stay in this process's
+        # heap, where they would count as the measured systems' memory.
+        subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "make_dataset.py"),
+                        "--dataset", "synthetic", "--out", data, "--count", str(args.count),
+                        "--size", args.size, "--val-fraction", "0"], check=True)
     storage = StorageConfig(endpoint=args.endpoint)
     results: dict[str, dict] = {}
     try:

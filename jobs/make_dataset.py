@@ -44,6 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="synthetic: Parquet shards or an image folder (<split>/<label>/<n>.jpg)")
     p.add_argument("--num-classes", type=int, default=100, help="synthetic: label range")
     p.add_argument("--seed", type=int, default=0, help="split (digits) / content (synthetic) seed")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="share of rows written to val/ (default: 0.2 digits, 0.1 synthetic)")
     return p.parse_args(argv)
 
 
@@ -53,11 +55,15 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     try:
         if args.dataset == "digits":
-            result = write_digits(args.out, storage, seed=args.seed)
+            result = write_digits(args.out, storage, seed=args.seed,
+                                  **({} if args.val_fraction is None
+                                     else {"val_fraction": args.val_fraction}))
         else:
             result = write_synthetic(args.out, storage, count=args.count, size=args.size,
                                      fmt=args.format, num_classes=args.num_classes,
-                                     seed=args.seed)
+                                     seed=args.seed,
+                                     val_fraction=0.1 if args.val_fraction is None
+                                     else args.val_fraction)
     except StorageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
