@@ -39,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--workdir", default=os.path.join(ROOT, "runs", "demo"),
-                   help="object-store data, results and summary go here")
+                   help="object-store data, results, summary and timeline go here")
     p.add_argument("--epochs", type=int, default=5, help="training epochs")
     p.add_argument("--num-workers", type=int, default=2, help="DDP workers")
     p.add_argument("--pool-cpus", type=int, default=2,
@@ -124,6 +124,11 @@ def print_summary(path: str) -> dict:
     print(f"images/s            : {s['images_per_s']:.0f} ({s['num_workers']} DDP workers)")
     print(f"waiting for data    : {100 * s['data_wait_fraction']:.1f}% of step time")
     print(f"wall time           : {s['wall_s']:.1f} s for {s['epochs']} epochs")
+    print(f"examples            : {s['fresh_examples']} fresh, {s['echoed_examples']} echoed, "
+          f"{s['bad_examples']} bad records skipped")
+    if s.get("timeline"):
+        print(f"timeline            : {s['timeline']}/timeline.png (and timeline.json for "
+              "Perfetto)")
     return s
 
 
@@ -162,6 +167,7 @@ def main(argv=None) -> int:
             f"--epochs={args.epochs}", f"--num-workers={args.num_workers}", "--batch-size=32",
             "--lr=0.05", f"--storage-path={os.path.join(args.workdir, 'results')}",
             f"--summary-json={summary_path}",
+            f"--timeline={os.path.join(args.workdir, 'timeline')}",
         ]
         print("[demo] " + " ".join(cmd[1:]), flush=True)
         code = submit(cmd, env)

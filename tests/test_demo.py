@@ -1,6 +1,7 @@
 """Tier 3: `make demo`'s script, as a user runs it: it succeeds, and it stops everything it started
 when it succeeds, when the job fails, and when it is interrupted."""
 
+import json
 import os
 import re
 import signal
@@ -68,6 +69,10 @@ def test_demo_trains_prints_the_summary_and_cleans_up(tmp_path):
     assert acc >= 0.93, text[-4000:]
     assert re.search(r"images/s\s+: \d+", text) and "waiting for data" in text
     assert "epoch 5/5" in text  # the job's logs were streamed
+    # 5 epochs x 2 ranks x 718 rows (1,437 // 2), nothing echoed, nothing bad.
+    assert re.search(r"examples\s+: 7180 fresh, 0 echoed, 0 bad records", text), text[-2000:]
+    assert (tmp_path / "timeline" / "timeline.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "timeline" / "timeline.json").read_text())["traceEvents"]
     assert_all_stopped(tmp_path, temp, port, text)
 
 
