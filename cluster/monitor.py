@@ -61,6 +61,10 @@ class RunMonitor:
         room = MAX_SPANS - len(self.train_spans)
         self.train_spans.extend((rank, *s) for s in steps[:max(0, room)])
 
+    def flush(self) -> None:
+        """A caller that waits for this has had every earlier report of its own processed
+        (Ray runs one caller's calls on an actor in order)."""
+
     def totals(self) -> PoolTotals:
         return PoolTotals(self.images, self.busy_s, self.blocks, dict(self.bad),
                           len(self.actors))

@@ -310,3 +310,7 @@ def train_loop_per_worker(config: dict) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
+    if monitor is not None:
+        # This rank's reports (steps, bad validation records) are all in before the driver
+        # reads the monitor's totals.
+        ray.get(monitor.flush.remote())

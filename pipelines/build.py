@@ -33,6 +33,9 @@ __all__ = ["build_dataset", "Preprocessor", "unit_order", "MAX_INDEX_TASKS"]
 
 log = logging.getLogger(__name__)
 MAX_INDEX_TASKS = 512
+"""Most read tasks the work-unit index is cut into (Ray Data stores each before the first block)."""
+
+
 def unit_order(num_units: int, epoch: int, seed: int, shuffle: bool) -> np.ndarray:
     """The order in which epoch `epoch` visits the units: a seeded permutation per epoch."""
     order = np.arange(num_units)
