@@ -254,11 +254,19 @@ def train_loop_per_worker(config: dict) -> None:
     for epoch in range(start_epoch, tc.epochs):
         epoch_start = time.perf_counter()
         totals = step.epoch(slicer.epoch(rows))
-        if slicer.exhausted:
+        if slicer.exhausted and epoch + 1 < tc.epochs:
             raise RuntimeError(
-                f"rank {rank}: the data stream ended in epoch {epoch + 1} after "
-                f"{int(totals.images)} of {rows} rows; the dataset changed while training?"
+                f"rank {rank}: the data stream ended in epoch {epoch + 1} of {tc.epochs} after "
+                f"{int(totals.images)} of {rows} rows: far more records than planned were "
+                "skipped as bad (see the bad-record counts in the log and metrics), or the "
+                "dataset changed while training"
             )
+        if slicer.exhausted and rank == 0:
+            # Records skipped as bad shorten the stream; every epoch but the last borrows from
+            # the next, so the shortfall lands here. Ray Train splits the stream equally, so
+            # every rank is short by the same rows and takes the same steps.
+            _say(f"last epoch: {int(totals.images)} of {rows} rows per rank; the rest of the "
+                 "planned rows were skipped as bad records")
         train_wall = time.perf_counter() - epoch_start
         if step.steps:
             monitor.add_steps.remote(rank, step.steps)

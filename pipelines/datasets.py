@@ -89,11 +89,11 @@ image, and (None) a PNG cut short."""
 
 def write_digits(url: str, storage: StorageConfig | None = None, *, val_fraction: float = 0.2,
                  seed: int = 0, rows_per_shard: int = 512, row_group_rows: int = 128,
-                 bad_val: int = 0) -> WriteResult:
+                 bad_train: int = 0, bad_val: int = 0) -> WriteResult:
     """scikit-learn's load_digits (1,797 real 8x8 digits) as PNG bytes in Parquet shards, split
-    into `train/` and `val/` with a fixed, seeded, stratified split. `bad_val` replaces that many
-    validation images with bad records (cycling through BAD_RECORDS) to exercise the skip-and-
-    count path end to end."""
+    into `train/` and `val/` with a fixed, seeded, stratified split. `bad_train` / `bad_val`
+    replace that many images of the split with bad records (cycling through BAD_RECORDS) to
+    exercise the skip-and-count path end to end."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -107,10 +107,9 @@ def write_digits(url: str, storage: StorageConfig | None = None, *, val_fraction
     rows, files = {}, 0
     for split, sel in (("train", np.sort(train_idx)), ("val", np.sort(val_idx))):
         images = [_png(pixels[i]) for i in sel]
-        if split == "val":
-            for j in range(min(bad_val, len(images))):
-                bad = BAD_RECORDS[j % len(BAD_RECORDS)]
-                images[j] = images[j][: len(images[j]) * 2 // 3] if bad is None else bad
+        for j in range(min(bad_train if split == "train" else bad_val, len(images))):
+            bad = BAD_RECORDS[j % len(BAD_RECORDS)]
+            images[j] = images[j][: len(images[j]) * 2 // 3] if bad is None else bad
         keys = [f"digits/{i:04d}" for i in sel]
         files += _write_parquet(loc, split, images, digits.target[sel], keys, rows_per_shard,
                                 row_group_rows)

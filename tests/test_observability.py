@@ -109,14 +109,15 @@ def prometheus_bin():
 
 @pytest.fixture(scope="module")
 def observed_run(ray_cluster, object_store, prometheus_bin, tmp_path_factory):
-    """A short digits run (3 bad validation records planted) scraped by a real Prometheus."""
+    """A short digits run scraped by a real Prometheus, with 3 bad records planted in each
+    split: the run must finish (skipped training rows shorten the last epoch) and count them."""
     from cluster.config import TrainConfig
     from cluster.prometheus import LocalPrometheus, ray_metrics_targets
     from cluster.trainer import run_training
     from pipelines import PipelineConfig, PreprocessConfig, SourceConfig
     from pipelines.datasets import write_digits
 
-    url = write_digits(f"s3://{object_store.bucket}/observed", bad_val=3).url
+    url = write_digits(f"s3://{object_store.bucket}/observed", bad_train=3, bad_val=3).url
     pre = PreprocessConfig(recipe="small", image_size=8, min_actors=1, max_actors=2)
     train = PipelineConfig(source=SourceConfig(url=f"{url}/train"), preprocess=pre)
     val = PipelineConfig(source=SourceConfig(url=f"{url}/val"), preprocess=pre, train=False,
@@ -164,10 +165,11 @@ def test_every_dashboard_panel_query_returns_data_from_a_real_prometheus(observe
 @pytest.mark.services
 def test_run_summary_carries_the_totals(observed_run):
     s = observed_run["summary"]
-    rows_per_rank = 1437 // 2
-    assert s.fresh_examples == 2 * 2 * rows_per_rank  # 2 epochs x 2 ranks
+    # 1,434 good training rows per epoch, split equally: 1,434 per rank over 2 epochs (the
+    # plan's 718 + 718, less the 2 rows the bad records took from the last epoch).
+    assert s.fresh_examples == 2 * 1434
     assert s.echoed_examples == 0
-    assert s.bad_examples == 2 * 3  # 3 bad val records, skipped in each of 2 validations
+    assert s.bad_examples == 2 * 3 + 2 * 3  # 3 bad records per split, read in each of 2 epochs
     assert set(s.bad_by_kind) == {"zero_bytes", "not_an_image", "truncated"}
     assert s.data_wait_s > 0 and s.compute_s > 0 and s.h2d_s >= 0
     assert s.data_wait_fraction == pytest.approx(
