@@ -1,4 +1,4 @@
-"""One run's sink for what its processes measure: pool totals, bad records, timeline spans.
+"""One run's sink for what its processes measure: bad-record counts and timeline spans.
 
 `RunMonitor` is a zero-CPU Ray actor the driver starts per run. Pool actors reach it through a
 `PoolReporter` (the `pipelines.observe.BlockObserver` they are given), trainer ranks through
@@ -12,48 +12,31 @@ from __future__ import annotations
 import os
 import socket
 from collections import Counter
-from dataclasses import dataclass
 
 import ray
 
 from cluster.metrics import PoolMetrics
 from pipelines.observe import BlockSpan
 
-__all__ = ["RunMonitor", "PoolReporter", "start_monitor", "PoolTotals", "MAX_SPANS"]
+__all__ = ["RunMonitor", "PoolReporter", "start_monitor", "MAX_SPANS"]
 
 MAX_SPANS = 200_000
 """Spans kept per kind (train steps, pool blocks); a timeline of a long run shows its start."""
-
-
-@dataclass(frozen=True)
-class PoolTotals:
-    images: int
-    busy_s: float
-    blocks: int
-    bad: dict[str, int]
-    actors: int
 
 
 @ray.remote(num_cpus=0)
 class RunMonitor:
     def __init__(self, timeline: bool):
         self.timeline = timeline
-        self.images = self.blocks = 0
-        self.busy_s = 0.0
         self.bad: Counter = Counter()
-        self.actors: set[str] = set()
         self.pool_spans: list[tuple[str, float, float, int, int]] = []
         self.train_spans: list[tuple[int, float, float, float, float, int]] = []
 
     def add_block(self, actor: str, span: BlockSpan, stage: str = "train") -> None:
         self.bad.update(span.bad)
-        if stage != "train":  # validation, made inside the trainers: only its bad records
-            return
-        self.actors.add(actor)
-        self.images += span.images
-        self.blocks += 1
-        self.busy_s += span.end - span.start
-        if self.timeline and len(self.pool_spans) < MAX_SPANS:
+        # Validation blocks are made inside the trainers, not by the pool: only their bad
+        # records count here. (Pool throughput and utilisation are in the Prometheus metrics.)
+        if stage == "train" and self.timeline and len(self.pool_spans) < MAX_SPANS:
             self.pool_spans.append((actor, span.start, span.end, span.images, span.epoch))
 
     def add_steps(self, rank: int, steps: list[tuple[float, float, float, float, int]]) -> None:
@@ -65,9 +48,9 @@ class RunMonitor:
         """A caller that waits for this has had every earlier report of its own processed
         (Ray runs one caller's calls on an actor in order)."""
 
-    def totals(self) -> PoolTotals:
-        return PoolTotals(self.images, self.busy_s, self.blocks, dict(self.bad),
-                          len(self.actors))
+    def bad_records(self) -> dict[str, int]:
+        """Records skipped as undecodable so far, by kind (training and validation)."""
+        return dict(self.bad)
 
     def spans(self) -> tuple[list, list]:
         return self.train_spans, self.pool_spans

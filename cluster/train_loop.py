@@ -320,5 +320,5 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report(metrics)
     if monitor is not None:
         # This rank's reports (steps, bad validation records) are all in before the driver
-        # reads the monitor's totals.
+        # reads the bad-record counts.
         ray.get(monitor.flush.remote())

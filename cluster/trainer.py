@@ -99,7 +99,7 @@ def build_trainer(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig
                   ) -> TorchTrainer:
     """A TorchTrainer whose workers read `pipeline` (planned as `plan`) as one continuous
     multi-epoch stream and validate on `val` (planned as `val_plan`) after every epoch.
-    Metrics carry the label `run`; `monitor` (a RunMonitor) collects pool totals and, with
+    Metrics carry the label `run`; `monitor` (a RunMonitor) counts bad records and, with
     `timeline`, every step and block."""
     run = run or run_label(tc)
     if pipeline.epochs != tc.epochs:
@@ -147,7 +147,7 @@ def run_training(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig 
                                 timeline=timeline_dir is not None)
         result = trainer.fit()
         wall = time.perf_counter() - start
-        pool = ray.get(monitor.totals.remote())
+        bad = ray.get(monitor.bad_records.remote())
         if timeline_dir is not None and result.error is None:
             write_timeline(timeline_dir, *ray.get(monitor.spans.remote()))
     finally:
@@ -177,7 +177,7 @@ def run_training(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig 
         compute_s=m["run_compute_s"],
         fresh_examples=int(m["run_fresh"]),
         echoed_examples=int(m["run_echoed"]),
-        bad_examples=sum(pool.bad.values()),
-        bad_by_kind=pool.bad,
+        bad_examples=sum(bad.values()),
+        bad_by_kind=bad,
         timeline=timeline_dir,
     )
