@@ -3,13 +3,20 @@
 This package never imports `cluster`: it knows nothing of training.
 """
 
-from pipelines.config import PipelineConfig, PreprocessConfig, SourceConfig, StorageConfig
+from pipelines.config import (
+    EchoConfig,
+    PipelineConfig,
+    PreprocessConfig,
+    SourceConfig,
+    StorageConfig,
+)
 from pipelines.sources import SchemaError, ShardPlan, plan_source
 from pipelines.storage import StorageError
 
 __all__ = [
     "build_dataset",
     "plan_source",
+    "EchoConfig",
     "PipelineConfig",
     "PreprocessConfig",
     "SourceConfig",

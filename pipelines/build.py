@@ -6,6 +6,8 @@ Shape of the stream, chosen for speed (see README, "Why one stream"):
       -> map_batches(Preprocessor, ActorPoolStrategy(min, max), resources={pool: 1}, num_cpus=0)
            per position: read its unit from object storage -> decode -> augment ->
            uint8 (N, 3, S, S) blocks, each sent on as soon as it is made
+           (with data echoing in the pool: decode -> echo -> augment -> shuffle buffer, or
+           decode -> augment -> echo -> shuffle buffer; see pipelines/echo.py)
 
 All epochs are ONE Ray Data execution, so the actor pool starts once per run (not once per epoch)
 and keeps streaming across epoch boundaries while trainers validate. The trainer cuts the stream
@@ -24,6 +26,7 @@ import ray
 from pipelines.augment import apply_batch, build_transform, decode_side
 from pipelines.config import PipelineConfig
 from pipelines.decode import DecodeStats, decode_many
+from pipelines.echo import FactorSource, FixedFactor, ShuffleBuffer, copy_counts, repeat_rows
 from pipelines.index import SEQ, UnitIndex
 from pipelines.observe import BlockObserver, BlockSpan
 from pipelines.sources import IMAGE, KEY, LABEL, ShardPlan, WorkUnit, plan_source, read_unit
@@ -53,7 +56,8 @@ class Preprocessor:
     """
 
     def __init__(self, config: PipelineConfig, units: tuple[WorkUnit, ...],
-                 single_thread: bool = True, observer: BlockObserver | None = None):
+                 single_thread: bool = True, observer: BlockObserver | None = None,
+                 factor_source: FactorSource | None = None):
         import torch
 
         if single_thread:
@@ -65,7 +69,11 @@ class Preprocessor:
         self.transform = build_transform(p.recipe, p.image_size, config.train)
         self.min_side = decode_side(p.recipe, p.image_size, config.train)
         self.stats = DecodeStats()
+        self.footers: dict = {}  # Parquet footers by path: each shard's is read once
         self.observer = observer
+        echo = config.echo
+        self.echo = echo if config.train and echo.in_pool else None
+        self.factor_source = factor_source or FixedFactor(echo.factor)
         self._order_epoch, self._order = -1, np.arange(0)
 
     def _unit(self, seq: int) -> tuple[int, int, WorkUnit]:
@@ -79,14 +87,35 @@ class Preprocessor:
         index = int(self._order[pos])
         return epoch, index, self.units[index]
 
+    def _augment(self, arrays: list[np.ndarray], labels: np.ndarray, keys: np.ndarray,
+                 rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """The block of decoded `arrays`: augmented, and echoed when this stream echoes."""
+        size = self.config.preprocess.image_size
+        if self.echo is None:
+            return {IMAGE: apply_batch(self.transform, arrays, size), LABEL: labels, KEY: keys}
+        counts = copy_counts(len(arrays), self.factor_source.factor(), rng)
+        if self.echo.mode == "example":  # echo before augmentation: each copy its own crop
+            arrays = [a for a, c in zip(arrays, counts, strict=True) for _ in range(c)]
+            return {IMAGE: apply_batch(self.transform, arrays, size),
+                    **repeat_rows({LABEL: labels, KEY: keys}, counts)}
+        return repeat_rows({IMAGE: apply_batch(self.transform, arrays, size), LABEL: labels,
+                            KEY: keys}, counts)
+
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         import torch
 
         cfg, p = self.config, self.config.preprocess
-        for seq in batch[SEQ]:
-            started = time.time()
+        seqs = batch[SEQ]
+        # Echoed copies leave through a shuffle buffer. Ray Data cannot tell an actor that the
+        # stream ended, so the buffer is flushed at the end of every call: nothing is held back.
+        buffer = (ShuffleBuffer(self.echo.shuffle_rows, p.output_rows,
+                                np.random.default_rng([cfg.seed, int(seqs[0]), 1]))
+                  if self.echo is not None and len(seqs) else None)
+        report = _Reporter(self.observer, self.stats)
+        epoch = 0
+        for seq in seqs:
             epoch, index, unit = self._unit(int(seq))
-            rows = read_unit(unit, self.fs)
+            rows = read_unit(unit, self.fs, footers=self.footers)
             n = len(rows[LABEL])
             order = np.arange(n)
             if cfg.shuffle:
@@ -96,32 +125,64 @@ class Preprocessor:
                 # augmentation whichever actor processes it. (Validation transforms are
                 # deterministic; leave the RNG of the trainer process that runs them alone.)
                 torch.manual_seed(hash((cfg.seed, epoch, index)) & 0x7FFFFFFF)
+            echo_rng = np.random.default_rng([cfg.seed, epoch, index, 2])
             for start in range(0, n, p.output_rows):
                 take = order[start : start + p.output_rows]
                 keys = rows[KEY][take]
-                bad_before = dict(self.stats.bad)
                 arrays, kept = decode_many(rows[IMAGE][take], keys, self.stats, self.min_side)
-                block = {
-                    IMAGE: apply_batch(self.transform, arrays, p.image_size),
-                    LABEL: rows[LABEL][take][kept],
-                    KEY: keys[kept],
-                }
-                if self.observer is not None:
-                    bad = {k: v - bad_before.get(k, 0) for k, v in self.stats.bad.items()
-                           if v != bad_before.get(k, 0)}
-                    self.observer.on_block(BlockSpan(started, time.time(), len(kept), epoch, bad))
-                if kept:
-                    yield block
-                started = time.time()  # the next block's work starts when this one is taken
+                report.fresh += len(kept)
+                if not kept:
+                    continue
+                block = self._augment(arrays, rows[LABEL][take][kept], keys[kept], echo_rng)
+                for out in (buffer.add(block) if buffer is not None else (block,)):
+                    report.block(len(out[LABEL]), epoch)
+                    yield out
+                    report.restart()  # the block was taken: the next one's work starts now
+        for out in (buffer.flush() if buffer is not None else ()):
+            report.block(len(out[LABEL]), epoch)
+            yield out
+            report.restart()
+        report.rest(epoch)
+
+
+class _Reporter:
+    """Hands the observer one BlockSpan per block out: the work since the previous block was
+    taken, the fresh examples read and the bad records skipped in it."""
+
+    def __init__(self, observer: BlockObserver | None, stats: DecodeStats):
+        self.observer, self.stats = observer, stats
+        self.fresh = 0
+        self._bad = dict(stats.bad)
+        self._started = time.time()
+
+    def block(self, images: int, epoch: int) -> None:
+        if self.observer is not None:
+            bad = {k: v - self._bad.get(k, 0) for k, v in self.stats.bad.items()
+                   if v != self._bad.get(k, 0)}
+            self.observer.on_block(BlockSpan(self._started, time.time(), images, epoch, bad,
+                                             fresh=self.fresh))
+        self.fresh = 0
+        self._bad = dict(self.stats.bad)
+
+    def restart(self) -> None:
+        self._started = time.time()
+
+    def rest(self, epoch: int) -> None:
+        """Report what no block carried (records all skipped as bad at the end of a call)."""
+        if self.fresh or self.stats.bad != self._bad:
+            self.block(0, epoch)
 
 
 def build_dataset(config: PipelineConfig, *, plan: ShardPlan | None = None,
-                  observer: BlockObserver | None = None) -> ray.data.Dataset:
+                  observer: BlockObserver | None = None,
+                  factor_source: FactorSource | None = None) -> ray.data.Dataset:
     """The preprocessed stream of `config.epochs` passes over `config.source`.
 
     Rows are ``image`` (uint8, 3 x S x S), ``label`` (int64) and ``key`` (str). Pass `plan`
-    when the caller already planned the source (it needs the row count anyway), and `observer`
-    to hear of every block a pool actor makes (it is pickled into each actor).
+    when the caller already planned the source (it needs the row count anyway), `observer`
+    to hear of every block a pool actor makes, and `factor_source` to change the echo factor
+    of `config.echo` while the stream runs (both are pickled into each actor). With echo in the
+    pool, rows also carry ``echo`` (uint8 copy index, 0 = fresh).
     """
     plan = plan or plan_source(config.source)
     p = config.preprocess
@@ -137,7 +198,8 @@ def build_dataset(config: PipelineConfig, *, plan: ShardPlan | None = None,
                                     concurrency=1)
     ds = seqs.map_batches(
         Preprocessor,
-        fn_constructor_kwargs={"config": config, "units": plan.units, "observer": observer},
+        fn_constructor_kwargs={"config": config, "units": plan.units, "observer": observer,
+                               "factor_source": factor_source},
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(min_size=p.min_actors, max_size=p.max_actors),
         num_cpus=0,

@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["StorageConfig", "SourceConfig", "PreprocessConfig", "PipelineConfig"]
+__all__ = ["StorageConfig", "SourceConfig", "PreprocessConfig", "EchoConfig", "PipelineConfig",
+           "ECHO_MODES"]
 
 Recipe = Literal["imagenet", "small"]
+EchoMode = Literal["example", "example-after-aug", "batch"]
+ECHO_MODES = ("example", "example-after-aug", "batch")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +73,52 @@ class PreprocessConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class EchoConfig:
+    """Data echoing (Choi et al. 2019): reuse each fresh example about `factor` times when the
+    input pipeline cannot keep up with the trainers."""
+
+    mode: EchoMode = "example"
+    """example: repeat each decoded example before augmentation, so every copy is augmented on
+    its own; example-after-aug: repeat augmented examples (saves augmentation too, copies are
+    identical); batch: the trainers repeat whole batches (saves the whole input path and the
+    host-to-device copy)."""
+    factor: float = 1.0
+    """Copies per fresh example on average (>= 1; 1.5 = half the examples once more, chosen at
+    random, seeded). 1 with auto off is a no-op: the stream is exactly the unechoed one."""
+    auto: bool = False
+    """Choose the factor while the run goes on: clamp(consume rate / produce rate, 1,
+    max_factor), smoothed (cluster.echo_policy). `factor` is then the starting value."""
+    max_factor: float = 4.0
+    """Upper bound of the automatic factor."""
+    shuffle_rows: int = 1024
+    """Rows of the shuffle buffer after the echo, which keeps copies of one example apart (for
+    batch mode: this many rows' worth of whole batches). 0 leaves copies adjacent."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in ECHO_MODES:
+            raise ValueError(f"echo mode {self.mode!r}: choose one of {', '.join(ECHO_MODES)}")
+        if self.factor < 1.0:
+            raise ValueError(f"echo factor must be >= 1 (1 = no echo), got {self.factor}")
+        if self.max_factor < 1.0:
+            raise ValueError(f"echo max_factor must be >= 1, got {self.max_factor}")
+        if self.auto and self.factor > self.max_factor:
+            raise ValueError(f"echo starting factor {self.factor} is above max_factor "
+                             f"{self.max_factor}")
+        if self.shuffle_rows < 0:
+            raise ValueError(f"echo shuffle_rows must be >= 0, got {self.shuffle_rows}")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the stream is echoed at all (a fixed factor of 1 is not)."""
+        return self.auto or self.factor != 1.0
+
+    @property
+    def in_pool(self) -> bool:
+        """Whether the preprocessing pool echoes (example modes) rather than the trainers."""
+        return self.enabled and self.mode != "batch"
+
+
+@dataclass(frozen=True, kw_only=True)
 class PipelineConfig:
     """The whole training stream: source, preprocessing, passes."""
 
@@ -86,6 +135,8 @@ class PipelineConfig:
     """Shuffle work units and rows within them, with a new permutation each epoch."""
     seed: int = 0
     """Seed of every permutation; the same seed gives the same unit order."""
+    echo: EchoConfig = field(default_factory=EchoConfig)
+    """Data echoing of the training stream (off by default)."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1:

@@ -16,13 +16,16 @@ __all__ = ["BlockSpan", "BlockObserver"]
 @dataclass(frozen=True)
 class BlockSpan:
     """One output block: when its work started and ended (epoch seconds, `time.time()`), how
-    many images it holds, and the bad records skipped while making it, by kind."""
+    many images it holds, the bad records skipped while making it, by kind, and the fresh
+    examples read for it (with data echoing `images` counts the copies too; a block out of the
+    echo's shuffle buffer may carry work done for other blocks: the sums are exact)."""
 
     start: float
     end: float
     images: int
     epoch: int
     bad: dict[str, int] = field(default_factory=dict)
+    fresh: int = 0
 
 
 class BlockObserver(Protocol):
