@@ -46,6 +46,8 @@ def _write_parquet(loc: Location, split: str, images: list[bytes], labels: np.nd
                    keys: list[str], rows_per_shard: int, row_group_rows: int) -> int:
     shards = 0
     try:
+        if loc.fs.type_name != "s3":  # object stores have no directories to make
+            loc.fs.create_dir(f"{loc.path}/{split}", recursive=True)
         for start in range(0, len(images), rows_per_shard):
             stop = start + rows_per_shard
             table = pa.table(

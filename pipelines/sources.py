@@ -198,12 +198,20 @@ def plan_source(cfg: SourceConfig) -> ShardPlan:
 
 
 def read_unit(
-    unit: WorkUnit, fs: pafs.FileSystem, io_threads: int = 8
+    unit: WorkUnit, fs: pafs.FileSystem, io_threads: int = 8,
+    footers: dict[str, pq.FileMetaData] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Read one work unit: ``image`` (object array of bytes), ``label`` (int64), ``key`` (str)."""
+    """Read one work unit: ``image`` (object array of bytes), ``label`` (int64), ``key`` (str).
+
+    `footers` caches each Parquet file's metadata by path: a reader that sees the same shard
+    again (the next unit of it, the next epoch) then reads only its row groups' column chunks,
+    not the footer again (one request and up to 64 KiB less per unit)."""
     if unit.path:
         with fs.open_input_file(unit.path) as f:
-            pf = pq.ParquetFile(f)
+            cached = footers.get(unit.path) if footers is not None else None
+            pf = pq.ParquetFile(f, metadata=cached)
+            if footers is not None and cached is None:
+                footers[unit.path] = pf.metadata
             cols = [IMAGE, LABEL] + ([KEY] if KEY in pf.schema_arrow.names else [])
             table = pf.read_row_groups(list(unit.row_groups), columns=cols)
         images = np.asarray(table.column(IMAGE).to_pylist(), dtype=object)
