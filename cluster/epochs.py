@@ -9,13 +9,19 @@ split; a piece smaller than half a batch is merged into its neighbour, so there 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
-__all__ = ["EpochSlicer", "batch_len"]
+from pipelines.echo import ECHO
+
+__all__ = ["EpochSlicer", "FreshEpochs", "batch_len", "FRESH", "ECHOED", "PROGRESS"]
 
 Batch = dict[str, torch.Tensor]
+FRESH, ECHOED, PROGRESS = "fresh_rows", "echoed_rows", "progress_rows"
+"""Per-batch counts (ints) added to an echoed stream's batches: fresh and echoed rows of this
+rank's batch, and the rows of progress through the data it stands for (fresh rows of the step
+over all ranks, divided by the number of ranks)."""
 
 
 def batch_len(batch: Batch) -> int:
@@ -69,3 +75,44 @@ class EpochSlicer:
                 pending = piece
         if pending is not None:
             yield pending
+
+
+class FreshEpochs:
+    """Cuts a stream whose rows carry the echo copy index (``echo``, 0 = fresh) into epochs of
+    `fresh_per_epoch` fresh examples summed over all ranks: an epoch stays one pass over the
+    fresh data, however many copies the pool made.
+
+    Which rows are fresh differs from rank to rank, so the ranks agree on every step with one
+    small all-reduce (`reduce`, a sum over ranks) of [fresh rows, has a batch, batch has >= 2
+    rows]: all ranks see the same totals, end each epoch on the same step and stop together
+    when any rank's stream ends (a rank's last 1-row batch is dropped: BatchNorm cannot train
+    on it). An epoch ends with the step that reaches its fresh count; the overshoot, under one
+    global batch, counts towards the next epoch.
+    """
+
+    def __init__(self, batches: Iterable[Batch], fresh_per_epoch: int, world: int,
+                 reduce: Callable[[list[float]], list[float]]):
+        if fresh_per_epoch < 1:
+            raise ValueError(f"fresh_per_epoch must be >= 1, got {fresh_per_epoch}")
+        self._it = iter(batches)
+        self.fresh_per_epoch, self.world, self.reduce = fresh_per_epoch, world, reduce
+        self.fresh_seen = 0
+        """Fresh rows trained on so far, summed over ranks."""
+        self.epochs_started = 0
+        self.exhausted = False
+
+    def epoch(self) -> Iterator[Batch]:
+        self.epochs_started += 1
+        end = self.epochs_started * self.fresh_per_epoch
+        while self.fresh_seen < end and not self.exhausted:
+            batch = next(self._it, None)
+            fresh = rows = 0
+            if batch is not None:
+                echo = batch.pop(ECHO)
+                rows, fresh = len(echo), int((echo == 0).sum())
+            total, have, usable = self.reduce([fresh, batch is not None, rows >= 2])
+            if have < self.world or usable < self.world:
+                self.exhausted = True
+                return
+            self.fresh_seen += int(total)
+            yield {**batch, FRESH: fresh, ECHOED: rows - fresh, PROGRESS: total / self.world}

@@ -14,8 +14,8 @@ from collections import deque
 
 __all__ = [
     "DATA_WAIT", "H2D", "COMPUTE", "STEP", "STALL_FRACTION", "EXAMPLES", "PREPROCESS_IMAGES",
-    "PREPROCESS_BUSY", "BAD_RECORDS", "METRICS", "exported", "StepMetrics", "PoolMetrics",
-    "SECONDS_BUCKETS", "StallWindow",
+    "PREPROCESS_BUSY", "BAD_RECORDS", "ECHO_FACTOR", "METRICS", "exported", "StepMetrics",
+    "PoolMetrics", "EchoMetrics", "SECONDS_BUCKETS", "StallWindow",
 ]
 
 # name -> (type, labels, meaning). Ray adds its own labels (SessionName, NodeAddress, ...).
@@ -28,6 +28,7 @@ EXAMPLES = "feedline_examples"
 PREPROCESS_IMAGES = "feedline_preprocess_images"
 PREPROCESS_BUSY = "feedline_preprocess_busy_seconds"
 BAD_RECORDS = "feedline_bad_records"
+ECHO_FACTOR = "feedline_echo_factor"
 
 METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     DATA_WAIT: ("histogram", ("run", "rank"),
@@ -49,6 +50,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
                       "blocks (read + decode + augment); its rate is the actor's utilisation."),
     BAD_RECORDS: ("counter", ("run", "kind"), "Records skipped as undecodable, by kind "
                   "(zero_bytes, not_an_image, truncated, undecodable)."),
+    ECHO_FACTOR: ("gauge", ("run",), "Data-echo factor in force: copies per fresh example on "
+                  "average (1 = no echo; follows the rule under --echo-factor auto)."),
 }
 
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -140,3 +143,13 @@ class PoolMetrics:
             self._busy.inc(seconds)
         for kind, count in bad.items():
             self._bad.inc(count, tags={"kind": kind})
+
+
+class EchoMetrics:
+    """The echo factor gauge of one run (set by the run's echo controller)."""
+
+    def __init__(self, run: str):
+        self._factor = _make(ECHO_FACTOR, run=run)
+
+    def set(self, factor: float) -> None:
+        self._factor.set(factor)

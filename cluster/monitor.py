@@ -62,19 +62,21 @@ def start_monitor(timeline: bool) -> ray.actor.ActorHandle:
 
 class PoolReporter:
     """The observer pool actors are given: feeds the Prometheus pool metrics of this process
-    and tells the run's monitor of every block. `stage="val"` (validation inside the trainers)
-    reports bad records only: its work is not the pool's."""
+    and tells the run's monitor of every block (and the echo controller, `echo`, when the
+    factor is automatic). `stage="val"` (validation inside the trainers) reports bad records
+    only: its work is not the pool's."""
 
-    def __init__(self, run: str, monitor: ray.actor.ActorHandle | None, stage: str = "train"):
-        self.run, self.monitor, self.stage = run, monitor, stage
+    def __init__(self, run: str, monitor: ray.actor.ActorHandle | None, stage: str = "train",
+                 echo: ray.actor.ActorHandle | None = None):
+        self.run, self.monitor, self.stage, self.echo = run, monitor, stage, echo
         self._metrics: PoolMetrics | None = None
         self._actor = ""
 
     def __getstate__(self) -> dict:
-        return {"run": self.run, "monitor": self.monitor, "stage": self.stage}
+        return {"run": self.run, "monitor": self.monitor, "stage": self.stage, "echo": self.echo}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["run"], state["monitor"], state["stage"])
+        self.__init__(**state)
 
     def on_block(self, span: BlockSpan) -> None:
         if self._metrics is None:  # first block in this process
@@ -86,3 +88,6 @@ class PoolReporter:
             self._metrics.observe(0, 0.0, span.bad)
         if self.monitor is not None:
             self.monitor.add_block.remote(self._actor, span, self.stage)
+        if self.echo is not None and self.stage == "train":
+            # The pool's side of the automatic echo factor: fresh examples per busy second.
+            self.echo.add_pool.remote(self._actor, span.fresh, span.end - span.start)

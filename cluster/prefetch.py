@@ -14,11 +14,12 @@ import torch
 
 __all__ = ["DevicePrefetcher"]
 
-Batch = dict[str, torch.Tensor]
+Batch = dict[str, torch.Tensor | int | float]
 
 
 class DevicePrefetcher:
-    """Iterate `batches` with every tensor already on `device`, copied one batch ahead."""
+    """Iterate `batches` with every tensor already on `device`, copied one batch ahead (values
+    that are not tensors, such as per-batch counts, pass through as they are)."""
 
     def __init__(self, batches: Iterable[Batch], device: torch.device | str):
         self.batches = batches
@@ -30,13 +31,15 @@ class DevicePrefetcher:
         with torch.cuda.stream(self._stream):
             return {
                 k: (v if v.is_pinned() else v.pin_memory()).to(self.device, non_blocking=True)
+                if isinstance(v, torch.Tensor) else v
                 for k, v in batch.items()
             }
 
     def __iter__(self) -> Iterator[Batch]:
         if not self.overlaps:
             for batch in self.batches:
-                yield {k: v.to(self.device) for k, v in batch.items()}
+                yield {k: v.to(self.device) if isinstance(v, torch.Tensor) else v
+                       for k, v in batch.items()}
             return
         source = iter(self.batches)
         first = next(source, None)
@@ -45,7 +48,8 @@ class DevicePrefetcher:
             current = torch.cuda.current_stream(self.device)
             current.wait_stream(self._stream)
             for tensor in ahead.values():
-                tensor.record_stream(current)
+                if isinstance(tensor, torch.Tensor):
+                    tensor.record_stream(current)
             batch, following = ahead, next(source, None)
             # Start the next copy before handing out this batch: it runs during this step.
             ahead = self._copy(following) if following is not None else None

@@ -1,0 +1,149 @@
+"""Applies the echo factor to a running stream: measures the two rates, runs the pure rule
+(`cluster.echo_policy`), and hands the factor to whoever echoes.
+
+    pool actors --(fresh examples, busy s per block)--> EchoController <--(rows, busy s)-- ranks
+    pool actors (example modes) <--factor, polled without blocking-- EchoController
+    rank 0 (batch mode) <--factor--  ...and all-reduced so every rank echoes alike
+
+`EchoController` is a zero-CPU Ray actor per run; it also exports the factor in force as the
+`feedline_echo_factor` gauge (1 when the run does not echo). Every call to it from the data path
+is fire-and-forget or a non-blocking poll.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import ray
+
+from cluster.echo_policy import EchoRuleConfig, EchoState, next_factor
+from cluster.metrics import EchoMetrics
+from pipelines.config import EchoConfig
+
+__all__ = ["EchoController", "ControllerFactor", "ConsumeReporter", "start_echo_controller"]
+
+WINDOW_S = 10.0
+"""Reports older than this do not count in a rate (the latest one always does)."""
+UPDATE_EVERY_S = 1.0
+
+
+def _rate(reports: deque, now: float) -> float | None:
+    """Sum of amounts over sum of busy seconds of the recent reports."""
+    amount = busy = 0.0
+    for i, (at, n, seconds) in enumerate(reversed(reports)):
+        if i and at < now - WINDOW_S:
+            break
+        amount += n
+        busy += seconds
+    return amount / busy if busy > 0 else None
+
+
+@ray.remote(num_cpus=0)
+class EchoController:
+    def __init__(self, run: str, echo: EchoConfig, world: int,
+                 rule: EchoRuleConfig | None = None):
+        self.echo, self.world = echo, world
+        self.rule = rule or EchoRuleConfig(max_factor=echo.max_factor)
+        self.state = EchoState(factor=echo.factor if echo.enabled else 1.0,
+                               reason="fixed" if not echo.auto else "starting value")
+        self.pool: dict[str, deque] = {}
+        self.train: dict[int, deque] = {}
+        self.started = time.monotonic()
+        self._updated = float("-inf")
+        self.changes: list[tuple[float, float, str]] = [(0.0, self.state.factor,
+                                                          self.state.reason)]
+        self.metrics = EchoMetrics(run)
+        self.metrics.set(self.state.factor)
+
+    def add_pool(self, actor: str, fresh: int, busy_s: float) -> None:
+        """One pool block: fresh examples read for it and the seconds its work took."""
+        self.pool.setdefault(actor, deque(maxlen=64)).append((time.monotonic(), fresh, busy_s))
+        self._update()
+
+    def add_train(self, rank: int, rows: int, busy_s: float) -> None:
+        """A rank's recent steps: rows trained on and their h2d + compute seconds."""
+        self.train.setdefault(rank, deque(maxlen=64)).append((time.monotonic(), rows, busy_s))
+        self._update()
+
+    def rates(self, now: float | None = None) -> tuple[float | None, float | None]:
+        """(consume, produce) examples/s from the recent reports, or None where unknown."""
+        now = time.monotonic() if now is None else now
+        stale = now - 3 * WINDOW_S  # an actor gone quiet this long has left the pool
+        produce = [r for q in self.pool.values() if q and q[-1][0] >= stale
+                   if (r := _rate(q, now)) is not None]
+        consume = [r for q in self.train.values() if (r := _rate(q, now)) is not None]
+        # DDP ranks step in lockstep, and a rank's compute time includes its all-reduce wait
+        # for a rank that was still waiting for data: the fastest rank's rate is the closest
+        # to what a rank does when nobody waits. Every rank must be fed at that pace.
+        return (self.world * max(consume) if consume else None,
+                sum(produce) if produce else None)
+
+    def _update(self) -> None:
+        now = time.monotonic()
+        if not self.echo.auto or now - self._updated < UPDATE_EVERY_S:
+            return
+        self._updated = now
+        consume, produce = self.rates(now)
+        before = self.state.factor
+        self.state = next_factor(self.state, now, consume, produce, self.rule)
+        if self.state.factor != before:
+            self.changes.append((now - self.started, self.state.factor, self.state.reason))
+            self.metrics.set(self.state.factor)
+
+    def factor(self) -> float:
+        return self.state.factor
+
+    def history(self) -> list[tuple[float, float, str]]:
+        """(seconds since start, factor, reason) at the start and at every change."""
+        return list(self.changes)
+
+
+def start_echo_controller(run: str, echo: EchoConfig, world: int) -> ray.actor.ActorHandle:
+    return EchoController.remote(run, echo, world)
+
+
+class ControllerFactor:
+    """The `pipelines.echo.FactorSource` pool actors get: the controller's factor, refreshed
+    about every `refresh_s` by a non-blocking poll (a slow controller never stalls a block)."""
+
+    def __init__(self, controller: ray.actor.ActorHandle, initial: float, refresh_s: float = 1.0):
+        self.controller, self.initial, self.refresh_s = controller, initial, refresh_s
+        self._value = initial
+        self._ref = None
+        self._asked = float("-inf")
+
+    def __getstate__(self) -> dict:
+        return {"controller": self.controller, "initial": self.initial,
+                "refresh_s": self.refresh_s}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+    def factor(self) -> float:
+        if self._ref is not None:
+            ready, _ = ray.wait([self._ref], timeout=0)
+            if ready:
+                self._value, self._ref = float(ray.get(self._ref)), None
+        now = time.monotonic()
+        if self._ref is None and now - self._asked >= self.refresh_s:
+            self._ref, self._asked = self.controller.factor.remote(), now
+        return self._value
+
+
+class ConsumeReporter:
+    """A rank's side of the consume rate: sums rows and busy seconds, sends them every
+    `every_s` (fire-and-forget)."""
+
+    def __init__(self, controller: ray.actor.ActorHandle, rank: int, every_s: float = 1.0):
+        self.controller, self.rank, self.every_s = controller, rank, every_s
+        self._rows, self._busy = 0, 0.0
+        self._sent = time.monotonic()
+
+    def add(self, rows: int, busy_s: float) -> None:
+        self._rows += rows
+        self._busy += busy_s
+        now = time.monotonic()
+        if now - self._sent >= self.every_s and self._busy > 0:
+            self.controller.add_train.remote(self.rank, self._rows, self._busy)
+            self._rows, self._busy, self._sent = 0, 0.0, now
