@@ -56,6 +56,11 @@ class TrainConfig:
     """Worker-group restarts Ray Train attempts, each resuming from the latest checkpoint."""
     seed: int = 0
     """Seed of model initialisation."""
+    target_accuracy: float | None = None
+    """Stop at the first validation whose accuracy reaches this (None: run all epochs)."""
+    val_every_rows: int = 0
+    """Also validate inside epochs, every this many fresh training rows (all ranks together);
+    0 validates at epoch ends only."""
 
     def peak_lr(self) -> float:
         return self.lr if self.lr is not None else 0.1 * self.batch_size * self.num_workers / 256

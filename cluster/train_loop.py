@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import astuple, dataclass
 
 import numpy as np
@@ -26,13 +27,15 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from torch import nn
 
 from cluster.config import TrainConfig
-from cluster.epochs import EpochSlicer, batch_len
+from cluster.echo_control import ConsumeReporter, ControllerFactor
+from cluster.epochs import ECHOED, FRESH, PROGRESS, EpochSlicer, FreshEpochs, batch_len
 from cluster.metrics import StepMetrics
 from cluster.model import build_model, normalize_on_device
 from cluster.monitor import PoolReporter
 from cluster.prefetch import DevicePrefetcher
 from pipelines.build import Preprocessor
-from pipelines.config import PipelineConfig
+from pipelines.config import EchoConfig, PipelineConfig
+from pipelines.echo import ECHO, echo_batches
 from pipelines.sources import IMAGE, LABEL, ShardPlan
 
 __all__ = ["train_loop_per_worker", "lr_at", "Collate", "EpochTotals", "all_reduce"]
@@ -49,7 +52,10 @@ class Collate(NumpyBatchCollateFn):
     """Ray Data numpy batch -> CPU tensors, zero-copy; uint8 stays uint8 until the device."""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        return {IMAGE: torch.from_numpy(batch[IMAGE]), LABEL: torch.from_numpy(batch[LABEL])}
+        out = {IMAGE: torch.from_numpy(batch[IMAGE]), LABEL: torch.from_numpy(batch[LABEL])}
+        if ECHO in batch:  # the echo copy index stays on the host: it is only counted
+            out[ECHO] = torch.from_numpy(batch[ECHO])
+        return out
 
 
 def _say(line: str) -> None:
@@ -83,8 +89,9 @@ class EpochTotals:
     val_correct: float = 0.0
     val_count: float = 0.0
     fresh: float = 0.0
-    """Examples seen for the first time (every example, until data echoing lands)."""
+    """Examples trained on for the first time."""
     echoed: float = 0.0
+    """Reuses of examples by data echoing."""
 
 
 def all_reduce(values: list[float], device: torch.device, op=dist.ReduceOp.SUM) -> list[float]:
@@ -147,21 +154,38 @@ class _Stepper:
     std: torch.Tensor
     tc: TrainConfig
     total_rows: int
-    """Rows this rank consumes over the whole run (all epochs, resumed ones included)."""
+    """Fresh rows this rank consumes over the whole run (all epochs, resumed ones included):
+    the learning-rate schedule follows passes over the fresh data, echoed or not."""
     metrics: StepMetrics | None = None
     keep_steps: bool = False
     """Keep every step's (start, got batch, on device, end, images) for the timeline."""
-    consumed: int = 0
+    consumed: float = 0.0
+    consume: ConsumeReporter | None = None
+    """Reports rows and busy time to the echo controller (automatic echo factor)."""
+    first_batch_at: float | None = None
+    """perf_counter() when the first batch was in hand: training time counts from here."""
+    val_every: float = 0.0
+    """Progress rows (this rank's share) between validations inside an epoch (0: none)."""
+    validate: Callable[[], bool] | None = None
+    """Runs a validation inside the epoch; returns True to stop training there."""
 
     def __post_init__(self) -> None:
         self.steps: list[tuple[float, float, float, float, int]] = []
+        self.echoed_total = 0
+        self.steps_total = 0
+        self.stopped = False
         # perf_counter for durations, shifted to epoch seconds so that spans of different
         # processes (ranks, pool actors) line up on one timeline.
         self._to_wall = time.time() - time.perf_counter()
 
-    def epoch(self, batches) -> EpochTotals:
+    def epoch(self, batches, end: float) -> EpochTotals:
+        """Train on `batches` (already on the device) up to progress `end`; an echoed
+        stream's batches carry their fresh / echoed / progress counts. Validates every
+        `val_every` progress rows before the epoch's end, and returns early (`stopped`) when
+        such a validation says so."""
         totals = EpochTotals()
-        batches = iter(DevicePrefetcher(batches, self.device))
+        batches = iter(batches)
+        due = self.consumed + self.val_every
         use_amp = self.tc.amp and self.device.type == "cuda"
         while True:
             t0 = time.perf_counter()
@@ -169,6 +193,8 @@ class _Stepper:
             t1 = time.perf_counter()
             if batch is None:
                 return totals
+            if self.first_batch_at is None:
+                self.first_batch_at = t1
             x = normalize_on_device(batch[IMAGE], self.mean, self.std)
             if self.tc.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -189,25 +215,70 @@ class _Stepper:
             totals.loss_sum += loss.item() * n  # .item() also closes the step on GPU
             totals.correct += (logits.argmax(1) == y).sum().item()
             t3 = time.perf_counter()
-            self.consumed += n
+            fresh, echoed = batch.get(FRESH, n), batch.get(ECHOED, 0)
+            self.consumed += batch.get(PROGRESS, n)
             totals.images += n
-            totals.fresh += n
+            totals.fresh += fresh
+            totals.echoed += echoed
             totals.steps += 1
             totals.wait_s += t1 - t0
             totals.h2d_s += t2 - t1
             totals.compute_s += t3 - t2
             totals.step_s += t3 - t0
             if self.metrics is not None:
-                self.metrics.observe(t1 - t0, t2 - t1, t3 - t2, fresh=n, now=t3)
+                self.metrics.observe(t1 - t0, t2 - t1, t3 - t2, fresh=fresh, echoed=echoed,
+                                     now=t3)
+            if self.consume is not None:
+                self.consume.add(n, t3 - t1)
+            self.echoed_total += echoed
+            self.steps_total += 1
+            # Every rank has the same progress after every step, so they validate together.
+            if self.val_every > 0 and self.validate is not None and self.consumed >= due:
+                due = self.consumed + self.val_every
+                if self.consumed + self.val_every / 2 <= end and self.validate():
+                    self.stopped = True
+                    return totals
             if self.keep_steps:
                 w = self._to_wall
                 self.steps.append((t0 + w, t1 + w, t2 + w, t3 + w, n))
 
 
+HISTORY_KEYS = ("epoch", "elapsed_s", "val_accuracy", "train_loss", "run_fresh", "run_echoed",
+                "run_steps", "images_per_s", "data_wait_fraction", "echo_factor")
+"""Per-epoch figures kept in `history` (seconds since the first batch, cumulative counts)."""
+
+
+def _batch_factor(echo: EchoConfig, control, rank: int, device: torch.device):
+    """For batch echoing: the factor every rank uses for the next fresh batch (None when the
+    trainers do not echo). An automatic factor is read by rank 0 and all-reduced, so all ranks
+    repeat each batch alike and take the same number of steps."""
+    if not echo.enabled or echo.in_pool:
+        return None
+    if not echo.auto or control is None:
+        return lambda: echo.factor
+    source = ControllerFactor(control, echo.factor) if rank == 0 else None
+
+    def agreed() -> float:
+        return all_reduce([source.factor() if source is not None else 0.0], device)[0]
+
+    return agreed
+
+
+def _echo_batches(batches, factor, echo: EchoConfig, tc: TrainConfig, epoch: int):
+    """Batch echoing of one epoch's device batches: whole batches repeated and shuffled in a
+    buffer of `echo.shuffle_rows` rows' worth; seeded alike on every rank."""
+    rng = np.random.default_rng([tc.seed, epoch, 3])
+    for batch, fresh in echo_batches(batches, factor, rng, echo.shuffle_rows // tc.batch_size):
+        n = batch_len(batch)
+        yield {**batch, FRESH: n if fresh else 0, ECHOED: 0 if fresh else n,
+               PROGRESS: n if fresh else 0}
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point. `config` holds: train (TrainConfig), rows_per_epoch (int),
     num_classes (int), image_size (int), val (PipelineConfig | None), val_plan (ShardPlan),
-    run (str, the metrics' run label), monitor (RunMonitor handle or None), timeline (bool)."""
+    run (str, the metrics' run label), monitor (RunMonitor handle or None), timeline (bool),
+    echo (EchoConfig of the training stream), echo_control (EchoController handle or None)."""
     tc: TrainConfig = config["train"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -235,7 +306,16 @@ def train_loop_per_worker(config: dict) -> None:
         local_shuffle_buffer_size=tc.shuffle_buffer_rows or None,
         pin_memory=device.type == "cuda",
     )
-    slicer = EpochSlicer(stream, tc.batch_size)
+    echo: EchoConfig = config.get("echo") or EchoConfig()
+    control = config.get("echo_control")
+    if echo.in_pool:
+        # The pool echoes: rows carry their copy index, epochs are counted in fresh rows and
+        # the ranks agree on every step.
+        slicer = FreshEpochs(stream, config["rows_per_epoch"], world,
+                             reduce=lambda values: all_reduce(values, device))
+    else:
+        slicer = EpochSlicer(stream, tc.batch_size)
+    batch_factor = _batch_factor(echo, control, rank, device)
     val_cfg: PipelineConfig | None = config.get("val")
     val_plan: ShardPlan | None = config.get("val_plan")
     val_units = val_plan.units[rank::world] if val_cfg is not None else ()
@@ -247,26 +327,61 @@ def train_loop_per_worker(config: dict) -> None:
     step = _Stepper(model, optimizer, loss_fn, device, mean, std, tc,
                     total_rows=rows * tc.epochs, metrics=StepMetrics(run_label, rank),
                     keep_steps=bool(config.get("timeline")) and monitor is not None,
-                    consumed=rows * start_epoch)
+                    consumed=rows * start_epoch,
+                    consume=(ConsumeReporter(control, rank)
+                             if echo.auto and control is not None else None))
     run = EpochTotals()
     run_wall = 0.0
+    history: list[dict] = []
+
+    def validate_inside_epoch() -> bool:
+        t = EpochTotals()
+        if evaluator is not None:
+            _evaluate(model, evaluator({"seq": np.arange(len(val_units))}), device, mean, std, t)
+        correct, count, echoed, steps = all_reduce(
+            [t.val_correct, t.val_count, step.echoed_total, step.steps_total], device)
+        acc = correct / count if count else None
+        history.append({
+            "epoch": round(step.consumed / rows, 3), "elapsed_s": time.perf_counter()
+            - (step.first_batch_at or time.perf_counter()), "val_accuracy": acc,
+            "train_loss": None, "run_fresh": step.consumed * world, "run_echoed": echoed,
+            "run_steps": steps / world, "images_per_s": None, "data_wait_fraction": None,
+            "echo_factor": None})
+        if rank == 0 and acc is not None:
+            _say(f"  epoch {step.consumed / rows:.2f}  val_acc {acc:.4f}")
+        return acc is not None and tc.target_accuracy is not None and acc >= tc.target_accuracy
+
+    if tc.val_every_rows and val_cfg is not None:  # ranks without val units join all-reduces
+        step.val_every, step.validate = tc.val_every_rows / world, validate_inside_epoch
 
     for epoch in range(start_epoch, tc.epochs):
         epoch_start = time.perf_counter()
-        totals = step.epoch(slicer.epoch(rows))
+        if echo.in_pool:
+            batches = DevicePrefetcher(slicer.epoch(), device)
+        else:
+            batches = DevicePrefetcher(slicer.epoch(rows), device)
+            if batch_factor is not None:
+                batches = _echo_batches(batches, batch_factor, echo, tc, epoch)
+        totals = step.epoch(batches, end=rows * (epoch + 1))
+        if echo.in_pool:
+            got = slicer.fresh_seen - (slicer.epochs_started - 1) * slicer.fresh_per_epoch
+            got_text = f"{got} of {config['rows_per_epoch']} fresh rows (all ranks)"
+        else:
+            got_text = f"{int(totals.images)} of {rows} rows per rank"
         if slicer.exhausted and epoch + 1 < tc.epochs:
             raise RuntimeError(
                 f"rank {rank}: the data stream ended in epoch {epoch + 1} of {tc.epochs} after "
-                f"{int(totals.images)} of {rows} rows: far more records than planned were "
-                "skipped as bad (see the bad-record counts in the log and metrics), or the "
-                "dataset changed while training"
+                f"{got_text}: far more records than planned were skipped as bad (see the "
+                "bad-record counts in the log and metrics), or the dataset changed while "
+                "training"
             )
         if slicer.exhausted and rank == 0:
             # Records skipped as bad shorten the stream; every epoch but the last borrows from
             # the next, so the shortfall lands here. Ray Train splits the stream equally, so
-            # every rank is short by the same rows and takes the same steps.
-            _say(f"last epoch: {int(totals.images)} of {rows} rows per rank; the rest of the "
-                 "planned rows were skipped as bad records")
+            # every rank is short by the same rows and takes the same steps. (An echoed stream
+            # also leaves out the rows that do not split equally over the ranks.)
+            _say(f"last epoch: {got_text}; the stream ended there (records skipped as bad, "
+                 "or rows left over by the equal split across ranks)")
         train_wall = time.perf_counter() - epoch_start
         if step.steps:
             monitor.add_steps.remote(rank, step.steps)
@@ -297,9 +412,21 @@ def train_loop_per_worker(config: dict) -> None:
             "run_wait_s": run.wait_s,
             "run_h2d_s": run.h2d_s,
             "run_compute_s": run.compute_s,
+            "fresh": summed.fresh,
+            "echoed": summed.echoed,
+            "echo_factor": (summed.fresh + summed.echoed) / max(1.0, summed.fresh),
             "run_fresh": run.fresh,
             "run_echoed": run.echoed,
+            "run_steps": run.steps / world,
+            # Seconds since the first batch was in hand (the pool's cold start excluded: it is
+            # the same for every setting of a run), to the end of this epoch's validation.
+            "elapsed_s": time.perf_counter() - (step.first_batch_at or epoch_start),
         }
+        history.append({k: metrics[k] for k in HISTORY_KEYS})
+        metrics["history"] = history
+        reached = (tc.target_accuracy is not None and metrics["val_accuracy"] is not None
+                   and metrics["val_accuracy"] >= tc.target_accuracy)
+        last = epoch + 1 == tc.epochs or reached
         if rank == 0:
             val = metrics["val_accuracy"]
             _say(
@@ -308,16 +435,23 @@ def train_loop_per_worker(config: dict) -> None:
                 f"images/s {metrics['images_per_s']:.0f}  "
                 f"waiting for data {100 * metrics['data_wait_fraction']:.1f}%  "
                 f"({wall:.1f}s)"
+                + (f"  fresh {summed.fresh:.0f} echoed {summed.echoed:.0f} "
+                   f"(x{metrics['echo_factor']:.2f})" if echo.enabled else "")
             )
+            if reached:
+                _say(f"validation accuracy {metrics['val_accuracy']:.4f} reached the target "
+                     f"{tc.target_accuracy}: stopping after epoch {epoch + 1}")
         # The last epoch always checkpoints: Ray Train v2 keeps only metrics reported with a
         # checkpoint in Result.metrics, which the run summary is built from.
-        due = (epoch + 1) % tc.checkpoint_every == 0 or epoch + 1 == tc.epochs
+        due = (epoch + 1) % tc.checkpoint_every == 0 or last
         if rank == 0 and due:
             with tempfile.TemporaryDirectory() as d:
                 _save(model, optimizer, epoch, d)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
+        if reached:  # every rank sees the same all-reduced accuracy: all stop here
+            break
     if monitor is not None:
         # This rank's reports (steps, bad validation records) are all in before the driver
         # reads the bad-record counts.

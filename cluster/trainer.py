@@ -11,6 +11,7 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from cluster.config import TrainConfig
+from cluster.echo_control import ControllerFactor, start_echo_controller
 from cluster.monitor import PoolReporter, start_monitor
 from cluster.timeline import write_timeline
 from cluster.train_loop import train_loop_per_worker
@@ -55,6 +56,20 @@ class RunSummary:
     bad_by_kind: dict
     timeline: str | None = None
     """Directory holding timeline.json and timeline.png, when asked for."""
+    echo_mode: str | None = None
+    """The echo mode, None when the run did not echo."""
+    echo_auto: bool = False
+    """Whether the factor was chosen automatically."""
+    echo_factor: float = 1.0
+    """Copies per fresh example over the run: (fresh + echoed) / fresh."""
+    echo_changes: list = dataclasses.field(default_factory=list)
+    """(seconds since start, factor, reason) of the automatic factor, at start and each change."""
+    history: list = dataclasses.field(default_factory=list)
+    """Per epoch: epoch, elapsed_s (since the first batch was in hand), val_accuracy, train_loss,
+    run_fresh, run_echoed, run_steps (cumulative), images_per_s, data_wait_fraction,
+    echo_factor."""
+    reached_target: bool | None = None
+    """Whether validation accuracy reached --target-accuracy (None when none was set)."""
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -95,15 +110,19 @@ def run_label(tc: TrainConfig) -> str:
 
 def build_trainer(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig | None,
                   plan: ShardPlan, val_plan: ShardPlan | None, *, run: str | None = None,
-                  monitor: ray.actor.ActorHandle | None = None, timeline: bool = False
-                  ) -> TorchTrainer:
+                  monitor: ray.actor.ActorHandle | None = None, timeline: bool = False,
+                  echo_control: ray.actor.ActorHandle | None = None) -> TorchTrainer:
     """A TorchTrainer whose workers read `pipeline` (planned as `plan`) as one continuous
     multi-epoch stream and validate on `val` (planned as `val_plan`) after every epoch.
     Metrics carry the label `run`; `monitor` (a RunMonitor) counts bad records and, with
-    `timeline`, every step and block."""
+    `timeline`, every step and block; `echo_control` (an EchoController) sets the echo factor
+    when `pipeline.echo.auto`."""
     run = run or run_label(tc)
     if pipeline.epochs != tc.epochs:
         pipeline = dataclasses.replace(pipeline, epochs=tc.epochs)
+    auto = echo_control if pipeline.echo.auto else None
+    source = (ControllerFactor(auto, pipeline.echo.factor)
+              if auto is not None and pipeline.echo.in_pool else None)
     resources = {"CPU": tc.cpus_per_worker}
     if tc.use_gpu:
         resources["GPU"] = 1
@@ -119,12 +138,15 @@ def build_trainer(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig
             "run": run,
             "monitor": monitor,
             "timeline": timeline,
+            "echo": pipeline.echo,
+            "echo_control": echo_control,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources),
         run_config=_run_config(tc, pipeline),
         datasets={"train": build_dataset(pipeline, plan=plan,
-                                         observer=PoolReporter(run, monitor))},
+                                         observer=PoolReporter(run, monitor, echo=auto),
+                                         factor_source=source)},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
 
@@ -142,16 +164,19 @@ def run_training(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig 
         val_plan = plan_source(val.source)
     run = run_label(tc)
     monitor = start_monitor(timeline=timeline_dir is not None)
+    echo_control = start_echo_controller(run, pipeline.echo, tc.num_workers)
     try:
         trainer = build_trainer(tc, pipeline, val, plan, val_plan, run=run, monitor=monitor,
-                                timeline=timeline_dir is not None)
+                                timeline=timeline_dir is not None, echo_control=echo_control)
         result = trainer.fit()
         wall = time.perf_counter() - start
         bad = ray.get(monitor.bad_records.remote())
+        echo_changes = ray.get(echo_control.history.remote())
         if timeline_dir is not None and result.error is None:
             write_timeline(timeline_dir, *ray.get(monitor.spans.remote()))
     finally:
         ray.kill(monitor)
+        ray.kill(echo_control)
     if result.error is not None:
         raise result.error
     m = result.metrics
@@ -180,4 +205,11 @@ def run_training(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig 
         bad_examples=sum(bad.values()),
         bad_by_kind=bad,
         timeline=timeline_dir,
+        echo_mode=pipeline.echo.mode if pipeline.echo.enabled else None,
+        echo_auto=pipeline.echo.auto,
+        echo_factor=(m["run_fresh"] + m["run_echoed"]) / max(1.0, m["run_fresh"]),
+        echo_changes=[list(c) for c in echo_changes],
+        history=m.get("history", []),
+        reached_target=(None if tc.target_accuracy is None else
+                        m["val_accuracy"] is not None and m["val_accuracy"] >= tc.target_accuracy),
     )
