@@ -66,8 +66,6 @@ class EmbeddedObjectStore:
     bucket: str = "feedline"
     access_key: str = field(default_factory=lambda: "fl" + secrets.token_hex(8))
     secret_key: str = field(default_factory=lambda: secrets.token_hex(20), repr=False)
-    download_mbps: int | None = None
-    """Throttle reads (-filer.downloadMaxMBps), to make storage the bottleneck on purpose."""
     s3_port: int = 0
     _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
 
@@ -97,8 +95,6 @@ class EmbeddedObjectStore:
                 "-ip.bind=127.0.0.1", "-webdav=false", "-master.telemetry=false",
                 "-admin.ui=false"]
         args += [f"-{flag}={port}" for flag, port in ports.items()]
-        if self.download_mbps:
-            args.append(f"-filer.downloadMaxMBps={self.download_mbps}")
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key,
                "AWS_SECRET_ACCESS_KEY": self.secret_key, "S3_BUCKET": self.bucket}
         self._proc = start_service(args, env, self.log_path)
