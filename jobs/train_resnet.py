@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cluster.config import TrainConfig  # noqa: E402
 from cluster.model import MODELS  # noqa: E402
 from pipelines import (  # noqa: E402
+    EchoConfig,
     PipelineConfig,
     PreprocessConfig,
     SchemaError,
@@ -31,6 +32,7 @@ from pipelines import (  # noqa: E402
     StorageError,
     plan_source,
 )
+from pipelines.config import ECHO_MODES  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,6 +64,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     pre.add_argument("--pool-cpus", type=float, default=None,
                      help="pool resource a locally started Ray declares (default: one per "
                           "core); ignored when joining a cluster")
+    e = p.add_argument_group("data echoing (reuse examples when the input pipeline is slower "
+                             "than the trainers)")
+    e.add_argument("--echo-mode", choices=ECHO_MODES, default="example",
+                   help="example: repeat decoded examples before augmentation; "
+                        "example-after-aug: repeat augmented examples; batch: the trainers "
+                        "repeat whole batches")
+    e.add_argument("--echo-factor", type=_echo_factor, default="1",
+                   help="copies per fresh example on average (1 = off, 1.5 = half of them "
+                        "twice), or auto: clamp(consume rate / produce rate, 1, --echo-max), "
+                        "measured and smoothed while the run goes on")
+    e.add_argument("--echo-max", type=float, default=4.0, help="upper bound of the auto factor")
+    e.add_argument("--echo-shuffle-rows", type=int, default=1024,
+                   help="rows of the shuffle buffer after the echo, which keeps copies of one "
+                        "example apart (batch mode: this many rows' worth of whole batches)")
     t = p.add_argument_group("training")
     t.add_argument("--model", choices=MODELS, default="resnet18", help="torchvision ResNet")
     t.add_argument("--num-classes", type=int, default=None,
@@ -83,6 +99,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--shuffle-buffer", type=int, default=0,
                    help="rows in each worker's local shuffle buffer (0 = off)")
     t.add_argument("--seed", type=int, default=0, help="seed of data order and model init")
+    t.add_argument("--target-accuracy", type=float, default=None,
+                   help="stop at the first validation whose accuracy reaches this")
+    t.add_argument("--val-every-rows", type=int, default=0,
+                   help="also validate inside epochs, every this many fresh training rows "
+                        "(0: at epoch ends only)")
     o = p.add_argument_group("output")
     o.add_argument("--storage-path", default=None,
                    help="results and checkpoints: local path or s3://bucket/prefix (default: "
@@ -98,6 +119,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _echo_factor(text: str) -> str:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number >= 1 (1 = no echo) or auto")
+    return text
+
+
+def echo_config(args: argparse.Namespace) -> EchoConfig:
+    auto = args.echo_factor == "auto"
+    return EchoConfig(mode=args.echo_mode, factor=1.0 if auto else float(args.echo_factor),
+                      auto=auto, max_factor=args.echo_max, shuffle_rows=args.echo_shuffle_rows)
+
+
 def configs(args: argparse.Namespace) -> tuple[TrainConfig, PipelineConfig, PipelineConfig | None]:
     storage = StorageConfig(endpoint=args.endpoint, region=args.region)
     root = args.data.rstrip("/")
@@ -106,7 +145,7 @@ def configs(args: argparse.Namespace) -> tuple[TrainConfig, PipelineConfig, Pipe
                            max_actors=args.pool_max, actor_start_timeout_s=args.pool_wait_s)
     train = PipelineConfig(
         source=SourceConfig(url=f"{root}/train", storage=storage, format=args.format),
-        preprocess=pre, epochs=args.epochs, seed=args.seed)
+        preprocess=pre, epochs=args.epochs, seed=args.seed, echo=echo_config(args))
     val = None if args.no_val else PipelineConfig(
         source=SourceConfig(url=f"{root}/val", storage=storage, format=args.format),
         preprocess=pre, train=False, shuffle=False)
@@ -117,7 +156,8 @@ def configs(args: argparse.Namespace) -> tuple[TrainConfig, PipelineConfig, Pipe
         channels_last=args.channels_last, cpus_per_worker=args.cpus_per_worker,
         prefetch_batches=args.prefetch_batches, shuffle_buffer_rows=args.shuffle_buffer,
         storage_path=args.storage_path, run_name=args.run_name,
-        checkpoint_every=args.checkpoint_every, max_failures=args.max_failures, seed=args.seed)
+        checkpoint_every=args.checkpoint_every, max_failures=args.max_failures, seed=args.seed,
+        target_accuracy=args.target_accuracy, val_every_rows=args.val_every_rows)
     return tc, train, val
 
 
@@ -135,6 +175,12 @@ def print_summary(s) -> None:
           f"{s.bad_examples} bad records skipped"
           + (f" ({', '.join(f'{k} {v}' for k, v in sorted(s.bad_by_kind.items()))})"
              if s.bad_examples else ""))
+    if s.echo_mode:
+        print(f"  data echoing         {s.echo_mode}, x{s.echo_factor:.2f} over the run"
+              + (f" (auto: {len(s.echo_changes) - 1} changes, last "
+                 f"x{s.echo_changes[-1][1]:.2f})" if s.echo_auto else ""))
+    if s.reached_target is not None:
+        print(f"  accuracy target      {'reached' if s.reached_target else 'NOT reached'}")
     print(f"  epochs / wall time   {s.epochs} / {s.wall_s:.1f} s  "
           f"({s.train_rows} train, {s.val_rows} val rows)")
     print(f"  metrics run label    {s.run}")
