@@ -110,16 +110,19 @@ def prometheus_bin():
 @pytest.fixture(scope="module")
 def observed_run(ray_cluster, object_store, prometheus_bin, tmp_path_factory):
     """A short digits run scraped by a real Prometheus, with 3 bad records planted in each
-    split: the run must finish (skipped training rows shorten the last epoch) and count them."""
+    split: the run must finish (skipped training rows shorten the last epoch) and count them.
+    It echoes (e = 1.5, before augmentation), so the echo path, its accounting and its metrics
+    run end to end here too."""
     from cluster.config import TrainConfig
     from cluster.prometheus import LocalPrometheus, ray_metrics_targets
     from cluster.trainer import run_training
-    from pipelines import PipelineConfig, PreprocessConfig, SourceConfig
+    from pipelines import EchoConfig, PipelineConfig, PreprocessConfig, SourceConfig
     from pipelines.datasets import write_digits
 
     url = write_digits(f"s3://{object_store.bucket}/observed", bad_train=3, bad_val=3).url
     pre = PreprocessConfig(recipe="small", image_size=8, min_actors=1, max_actors=2)
-    train = PipelineConfig(source=SourceConfig(url=f"{url}/train"), preprocess=pre)
+    train = PipelineConfig(source=SourceConfig(url=f"{url}/train"), preprocess=pre,
+                           echo=EchoConfig(factor=1.5))
     val = PipelineConfig(source=SourceConfig(url=f"{url}/val"), preprocess=pre, train=False,
                          shuffle=False)
     tc = TrainConfig(epochs=2, batch_size=32, lr=0.05, num_workers=2, cpus_per_worker=1,
@@ -144,8 +147,12 @@ def test_feedline_metrics_are_on_rays_prometheus_endpoint(observed_run):
     text = "".join(urllib.request.urlopen(f"http://{t}/metrics", timeout=10).read().decode()
                    for t in ray_metrics_targets())
     for name, suffix in ((m.DATA_WAIT, "_bucket"), (m.STEP, "_count"), (m.STALL_FRACTION, ""),
-                         (m.EXAMPLES, ""), (m.PREPROCESS_IMAGES, "")):
+                         (m.EXAMPLES, ""), (m.PREPROCESS_IMAGES, ""), (m.ECHO_FACTOR, "")):
         assert re.search(rf"^{m.exported(name, suffix)}\{{.*run=\"observed\"", text, re.M), name
+    examples = [line for line in text.splitlines()
+                if line.startswith(m.exported(m.EXAMPLES)) and 'run="observed"' in line]
+    assert any('kind="echoed"' in line for line in examples)  # the run echoes (e = 1.5)
+    assert any('kind="fresh"' in line for line in examples)
 
 
 @pytest.mark.ray
@@ -165,10 +172,14 @@ def test_every_dashboard_panel_query_returns_data_from_a_real_prometheus(observe
 @pytest.mark.services
 def test_run_summary_carries_the_totals(observed_run):
     s = observed_run["summary"]
-    # 1,434 good training rows per epoch, split equally: 1,434 per rank over 2 epochs (the
-    # plan's 718 + 718, less the 2 rows the bad records took from the last epoch).
-    assert s.fresh_examples == 2 * 1434
-    assert s.echoed_examples == 0
+    # 1,434 good training rows per epoch: every one is trained on once as a fresh example
+    # (the equal split across 2 ranks may leave out the last odd row).
+    assert 2 * 1434 - 2 <= s.fresh_examples <= 2 * 1434
+    # e = 1.5: half the fresh examples once more (random, seeded), so about 1,434 echoes.
+    assert s.echoed_examples == pytest.approx(0.5 * s.fresh_examples, rel=0.03)
+    assert s.echo_mode == "example" and s.echo_factor == pytest.approx(1.5, rel=0.03)
+    assert [h["epoch"] for h in s.history] == [1, 2]
+    assert s.history[-1]["run_fresh"] == s.fresh_examples
     assert s.bad_examples == 2 * 3 + 2 * 3  # 3 bad records per split, read in each of 2 epochs
     assert set(s.bad_by_kind) == {"zero_bytes", "not_an_image", "truncated"}
     assert s.data_wait_s > 0 and s.compute_s > 0 and s.h2d_s >= 0
