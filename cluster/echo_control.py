@@ -23,9 +23,13 @@ from pipelines.config import EchoConfig
 
 __all__ = ["EchoController", "ControllerFactor", "ConsumeReporter", "start_echo_controller"]
 
-WINDOW_S = 10.0
+WINDOW_S = 5.0
 """Reports older than this do not count in a rate (the latest one always does)."""
 UPDATE_EVERY_S = 1.0
+WAIT_S = 0.05
+"""Longest a pool actor waits for the controller's answer before using the factor it has."""
+WARMUP_STEPS = 1
+"""A rank's first steps (allocation, first-iteration set-up) do not count in its rate."""
 
 
 def _rate(reports: deque, now: float) -> float | None:
@@ -104,8 +108,9 @@ def start_echo_controller(run: str, echo: EchoConfig, world: int) -> ray.actor.A
 
 
 class ControllerFactor:
-    """The `pipelines.echo.FactorSource` pool actors get: the controller's factor, refreshed
-    about every `refresh_s` by a non-blocking poll (a slow controller never stalls a block)."""
+    """The `pipelines.echo.FactorSource` pool actors get: the controller's factor, asked for
+    at most every `refresh_s` and waited for at most WAIT_S (a slow controller never stalls a
+    block: the factor in hand is used, and the answer picked up at a later block)."""
 
     def __init__(self, controller: ray.actor.ActorHandle, initial: float, refresh_s: float = 1.0):
         self.controller, self.initial, self.refresh_s = controller, initial, refresh_s
@@ -121,26 +126,32 @@ class ControllerFactor:
         self.__init__(**state)
 
     def factor(self) -> float:
-        if self._ref is not None:
-            ready, _ = ray.wait([self._ref], timeout=0)
-            if ready:
-                self._value, self._ref = float(ray.get(self._ref)), None
         now = time.monotonic()
         if self._ref is None and now - self._asked >= self.refresh_s:
             self._ref, self._asked = self.controller.factor.remote(), now
+        if self._ref is not None:
+            # The controller answers in about a millisecond; wait a little for it so a new
+            # factor applies to this block, not the next one, but never stall on it.
+            ready, _ = ray.wait([self._ref], timeout=WAIT_S)
+            if ready:
+                self._value, self._ref = float(ray.get(self._ref)), None
         return self._value
 
 
 class ConsumeReporter:
-    """A rank's side of the consume rate: sums rows and busy seconds, sends them every
-    `every_s` (fire-and-forget)."""
+    """A rank's side of the consume rate: sums rows and busy seconds (after its first
+    WARMUP_STEPS steps), sends them every `every_s` (fire-and-forget)."""
 
-    def __init__(self, controller: ray.actor.ActorHandle, rank: int, every_s: float = 1.0):
+    def __init__(self, controller: ray.actor.ActorHandle, rank: int, every_s: float = 0.5):
         self.controller, self.rank, self.every_s = controller, rank, every_s
         self._rows, self._busy = 0, 0.0
         self._sent = time.monotonic()
+        self._skip = WARMUP_STEPS
 
     def add(self, rows: int, busy_s: float) -> None:
+        if self._skip:
+            self._skip -= 1
+            return
         self._rows += rows
         self._busy += busy_s
         now = time.monotonic()

@@ -26,7 +26,7 @@ __all__ = ["EchoRuleConfig", "EchoState", "next_factor", "target_factor"]
 class EchoRuleConfig:
     max_factor: float = 4.0
     """Upper bound of the factor (--echo-max)."""
-    time_constant_s: float = 5.0
+    time_constant_s: float = 3.0
     """Smoothing: an observation `time_constant_s` after the previous one moves the smoothed
     ratio 63% of the way to the new one."""
     dead_band: float = 0.1

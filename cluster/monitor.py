@@ -29,11 +29,14 @@ class RunMonitor:
     def __init__(self, timeline: bool):
         self.timeline = timeline
         self.bad: Counter = Counter()
+        self.first_read: float | None = None
         self.pool_spans: list[tuple[str, float, float, int, int]] = []
         self.train_spans: list[tuple[int, float, float, float, float, int]] = []
 
     def add_block(self, actor: str, span: BlockSpan, stage: str = "train") -> None:
         self.bad.update(span.bad)
+        if stage == "train" and (self.first_read is None or span.start < self.first_read):
+            self.first_read = span.start
         # Validation blocks are made inside the trainers, not by the pool: only their bad
         # records count here. (Pool throughput and utilisation are in the Prometheus metrics.)
         if stage == "train" and self.timeline and len(self.pool_spans) < MAX_SPANS:
@@ -47,6 +50,11 @@ class RunMonitor:
     def flush(self) -> None:
         """A caller that waits for this has had every earlier report of its own processed
         (Ray runs one caller's calls on an actor in order)."""
+
+    def first_read_at(self) -> float | None:
+        """When the pool started its first training block (epoch seconds): the moment the
+        training data started flowing."""
+        return self.first_read
 
     def bad_records(self) -> dict[str, int]:
         """Records skipped as undecodable so far, by kind (training and validation)."""

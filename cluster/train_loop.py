@@ -243,8 +243,8 @@ class _Stepper:
                 self.steps.append((t0 + w, t1 + w, t2 + w, t3 + w, n))
 
 
-HISTORY_KEYS = ("epoch", "elapsed_s", "val_accuracy", "train_loss", "run_fresh", "run_echoed",
-                "run_steps", "images_per_s", "data_wait_fraction", "echo_factor")
+HISTORY_KEYS = ("epoch", "at", "elapsed_s", "val_accuracy", "train_loss", "run_fresh",
+                "run_echoed", "run_steps", "images_per_s", "data_wait_fraction", "echo_factor")
 """Per-epoch figures kept in `history` (seconds since the first batch, cumulative counts)."""
 
 
@@ -342,7 +342,8 @@ def train_loop_per_worker(config: dict) -> None:
             [t.val_correct, t.val_count, step.echoed_total, step.steps_total], device)
         acc = correct / count if count else None
         history.append({
-            "epoch": round(step.consumed / rows, 3), "elapsed_s": time.perf_counter()
+            "epoch": round(step.consumed / rows, 3), "at": time.time(),
+            "elapsed_s": time.perf_counter()
             - (step.first_batch_at or time.perf_counter()), "val_accuracy": acc,
             "train_loss": None, "run_fresh": step.consumed * world, "run_echoed": echoed,
             "run_steps": steps / world, "images_per_s": None, "data_wait_fraction": None,
@@ -421,6 +422,7 @@ def train_loop_per_worker(config: dict) -> None:
             # Seconds since the first batch was in hand (the pool's cold start excluded: it is
             # the same for every setting of a run), to the end of this epoch's validation.
             "elapsed_s": time.perf_counter() - (step.first_batch_at or epoch_start),
+            "at": time.time(),
         }
         history.append({k: metrics[k] for k in HISTORY_KEYS})
         metrics["history"] = history

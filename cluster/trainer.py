@@ -65,11 +65,15 @@ class RunSummary:
     echo_changes: list = dataclasses.field(default_factory=list)
     """(seconds since start, factor, reason) of the automatic factor, at start and each change."""
     history: list = dataclasses.field(default_factory=list)
-    """Per epoch: epoch, elapsed_s (since the first batch was in hand), val_accuracy, train_loss,
+    """Per validation: epoch (fractional inside an epoch), at (epoch seconds), elapsed_s (since
+    the first batch was in hand), val_accuracy, train_loss,
     run_fresh, run_echoed, run_steps (cumulative), images_per_s, data_wait_fraction,
     echo_factor."""
     reached_target: bool | None = None
     """Whether validation accuracy reached --target-accuracy (None when none was set)."""
+    first_read_at: float | None = None
+    """Epoch seconds when the pool started its first training block; with each history
+    entry's `at`, the wall-clock from the first data read to that validation."""
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -171,6 +175,7 @@ def run_training(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig 
         result = trainer.fit()
         wall = time.perf_counter() - start
         bad = ray.get(monitor.bad_records.remote())
+        first_read = ray.get(monitor.first_read_at.remote())
         echo_changes = ray.get(echo_control.history.remote())
         if timeline_dir is not None and result.error is None:
             write_timeline(timeline_dir, *ray.get(monitor.spans.remote()))
@@ -210,6 +215,7 @@ def run_training(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig 
         echo_factor=(m["run_fresh"] + m["run_echoed"]) / max(1.0, m["run_fresh"]),
         echo_changes=[list(c) for c in echo_changes],
         history=m.get("history", []),
+        first_read_at=first_read,
         reached_target=(None if tc.target_accuracy is None else
                         m["val_accuracy"] is not None and m["val_accuracy"] >= tc.target_accuracy),
     )
