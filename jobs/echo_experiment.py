@@ -29,6 +29,8 @@ import argparse
 import csv
 import json
 import os
+import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -75,7 +77,7 @@ def _first_at_target(history: list[dict], target: float) -> dict | None:
 
 
 def _run(args, url: str, throttled: str, direct: str, mode: str, factor: str, seed: int,
-         plans: tuple):
+         plans: tuple, results: str):
     from cluster.config import TrainConfig
     from cluster.trainer import run_training
     from pipelines import (
@@ -98,7 +100,7 @@ def _run(args, url: str, throttled: str, direct: str, mode: str, factor: str, se
         preprocess=pre, train=False, shuffle=False)
     tc = TrainConfig(epochs=args.epochs, batch_size=32, lr=0.05, num_workers=2, seed=seed,
                      target_accuracy=args.target, val_every_rows=args.val_every_rows,
-                     storage_path=os.path.join(os.path.abspath(args.out), "ray_results"))
+                     storage_path=results)  # checkpoints: deleted with the work directory
     return run_training(tc, train, val, *plans)
 
 
@@ -179,12 +181,26 @@ def _plot(rows: list[dict], target: float, path: str) -> None:
     plt.close(fig)
 
 
+def _stop(signum, _frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the object store, the proxy and Ray are stopped.
+    signal.signal(signal.SIGTERM, _stop)
     os.makedirs(args.out, exist_ok=True)
     repeats = 1 if args.quick else max(2, args.repeats)
     started = time.perf_counter()
     work = tempfile.mkdtemp(prefix="feedline-echo-")
+    try:
+        rows = _experiment(args, work, repeats, started)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return _report(args, rows, repeats)
+
+
+def _experiment(args, work: str, repeats: int, started: float) -> list[dict]:
     with EmbeddedObjectStore(data_dir=os.path.join(work, "seaweedfs")) as store:
         os.environ.update(store.env())  # Ray's workers inherit the credentials
         from pipelines.datasets import write_digits
@@ -209,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                     for mode, factor in SETTINGS:
                         t = time.perf_counter()
                         summary = _run(args, url, proxy.endpoint, store.endpoint, mode, factor,
-                                       args.seed + repeat, plans)
+                                       args.seed + repeat, plans,
+                                       os.path.join(work, "ray_results"))
                         row = _row(mode, factor, summary, args.target)
                         row["repeat"] = repeat
                         rows.append(row)
@@ -221,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                               f"{time.perf_counter() - t:.0f} s)", flush=True)
             finally:
                 ray.shutdown()
-    return _report(args, rows, repeats)
+    return rows
 
 
 def _report(args, rows: list[dict], repeats: int) -> int:
