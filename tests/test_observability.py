@@ -147,7 +147,7 @@ def test_feedline_metrics_are_on_rays_prometheus_endpoint(observed_run):
     text = "".join(urllib.request.urlopen(f"http://{t}/metrics", timeout=10).read().decode()
                    for t in ray_metrics_targets())
     for name, suffix in ((m.DATA_WAIT, "_bucket"), (m.STEP, "_count"), (m.STALL_FRACTION, ""),
-                         (m.EXAMPLES, ""), (m.PREPROCESS_IMAGES, ""), (m.ECHO_FACTOR, "")):
+                         (m.EXAMPLES, ""), (m.PREPROCESS_IMAGES, "")):
         assert re.search(rf"^{m.exported(name, suffix)}\{{.*run=\"observed\"", text, re.M), name
     examples = [line for line in text.splitlines()
                 if line.startswith(m.exported(m.EXAMPLES)) and 'run="observed"' in line]
@@ -166,6 +166,16 @@ def test_every_dashboard_panel_query_returns_data_from_a_real_prometheus(observe
     # The check can fail: a query on a metric nobody exports comes back empty.
     assert not prom.query_range("sum(rate(ray_feedline_no_such_metric_total[30s]))",
                                 start, end, step=2)
+
+
+@pytest.mark.ray
+@pytest.mark.services
+def test_prometheus_saw_the_echo_factor_of_the_run(observed_run):
+    # The gauge lives in the run's echo controller, which ends with the run (and its series
+    # with it on the live endpoint): Prometheus has it for the run's time range.
+    prom, start, end = observed_run["prom"], observed_run["start"], observed_run["end"]
+    series = prom.query_range(f'{m.exported(m.ECHO_FACTOR)}{{run="observed"}}', start, end)
+    assert series and {float(v) for s in series for _, v in s["values"]} == {1.5}
 
 
 @pytest.mark.ray
