@@ -425,10 +425,11 @@ def train_loop_per_worker(config: dict) -> None:
             "at": time.time(),
         }
         history.append({k: metrics[k] for k in HISTORY_KEYS})
-        metrics["history"] = history
         reached = (tc.target_accuracy is not None and metrics["val_accuracy"] is not None
                    and metrics["val_accuracy"] >= tc.target_accuracy)
         last = epoch + 1 == tc.epochs or reached
+        if last:  # the summary reads the last report; Ray logs every report in full
+            metrics["history"] = history
         if rank == 0:
             val = metrics["val_accuracy"]
             _say(
