@@ -2,12 +2,12 @@
 (`cluster.echo_policy`), and hands the factor to whoever echoes.
 
     pool actors --(fresh examples, busy s per block)--> EchoController <--(rows, busy s)-- ranks
-    pool actors (example modes) <--factor, polled without blocking-- EchoController
+    pool actors (example modes) <--factor, asked at most once a second-- EchoController
     rank 0 (batch mode) <--factor--  ...and all-reduced so every rank echoes alike
 
 `EchoController` is a zero-CPU Ray actor per run; it also exports the factor in force as the
 `feedline_echo_factor` gauge (1 when the run does not echo). Every call to it from the data path
-is fire-and-forget or a non-blocking poll.
+is fire-and-forget, or a poll that waits at most WAIT_S (50 ms) once a second.
 """
 
 from __future__ import annotations
@@ -77,9 +77,10 @@ class EchoController:
         produce = [r for q in self.pool.values() if q and q[-1][0] >= stale
                    if (r := _rate(q, now)) is not None]
         consume = [r for q in self.train.values() if (r := _rate(q, now)) is not None]
-        # DDP ranks step in lockstep, and a rank's compute time includes its all-reduce wait
-        # for a rank that was still waiting for data: the fastest rank's rate is the closest
-        # to what a rank does when nobody waits. Every rank must be fed at that pace.
+        # DDP ranks step in lockstep, and without a per-step agreement before the forward pass
+        # (batch echo) a rank's compute time includes its all-reduce wait for a rank still
+        # waiting for data: the fastest rank's rate is the closest to what a rank does when
+        # nobody waits. Every rank must be fed at that pace.
         return (self.world * max(consume) if consume else None,
                 sum(produce) if produce else None)
 

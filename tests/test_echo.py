@@ -210,8 +210,8 @@ def test_auto_smoothing_follows_the_clock_not_the_call_count():
     assert next_factor(state, 5.0, None, 100, cfg) == state  # nothing measured: no change
 
 
-def _write_shard(tmp_path, n=40):
-    """A local Parquet shard of n small PNGs in the canonical format."""
+def _write_shard(tmp_path):
+    """scikit-learn's digits as local Parquet shards in the canonical format."""
     from pipelines.datasets import write_digits
 
     return write_digits(str(tmp_path / "digits")).url
