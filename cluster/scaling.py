@@ -184,6 +184,14 @@ def _nodes_worth(cfg: PolicyConfig, demand: float, node_rate: float, want: int) 
     return n
 
 
+def _echo_for(cfg: PolicyConfig, demand: float, capacity: float) -> float:
+    """The echo factor that covers the demand from this capacity. No headroom: echo beyond
+    the need replaces fresh examples the pool could have delivered by less useful copies."""
+    if capacity <= 0:
+        return cfg.echo_max
+    return min(cfg.echo_max, max(1.0, demand / capacity))
+
+
 def decide(cfg: PolicyConfig, state: PolicyState, obs: Observation
            ) -> tuple[Decision, PolicyState]:
     """One decision and the state after it. Pure."""
@@ -223,8 +231,7 @@ def decide(cfg: PolicyConfig, state: PolicyState, obs: Observation
             return out(held, 1.0, "echo_down",
                        f"{facts}; room for {want - coming} more node(s): echo back to 1 "
                        f"before adding nodes", stall_since_s=None)
-        supported = min(cfg.echo_max, max(1.0, demand / capacity)) if capacity > 0 \
-            else cfg.echo_max
+        supported = _echo_for(cfg, demand, capacity)
         if supported == 1.0 or supported < echo * (1 - cfg.echo_band):
             return out(held, supported, "echo_down",
                        f"{facts}; capacity {capacity:.0f}/s covers echo {supported:.2f}: "
@@ -260,8 +267,7 @@ def decide(cfg: PolicyConfig, state: PolicyState, obs: Observation
             return out(held, 1.0, "hold", f"{facts}; at {limit}, stall "
                        f"{obs.stall_fraction:.0%} for {obs.now_s - since:.0f} s",
                        stall_since_s=since)
-        factor = min(cfg.echo_max, max(1.0, demand / capacity)) if capacity > 0 \
-            else cfg.echo_max
+        factor = _echo_for(cfg, demand, capacity)
         return out(held, factor, "echo_up",
                    f"{facts}; at {limit} with stall {obs.stall_fraction:.0%} for "
                    f"{obs.now_s - since:.0f} s: echo {factor:.2f}", stall_since_s=since)
