@@ -46,13 +46,15 @@ def _rate(reports: deque, now: float) -> float | None:
 @ray.remote(num_cpus=0)
 class EchoController:
     def __init__(self, run: str, echo: EchoConfig, world: int,
-                 rule: EchoRuleConfig | None = None):
-        self.echo, self.world = echo, world
+                 rule: EchoRuleConfig | None = None, external: bool = False):
+        self.echo, self.world, self.external = echo, world, external
         self.rule = rule or EchoRuleConfig(max_factor=echo.max_factor)
         self.state = EchoState(factor=echo.factor if echo.enabled else 1.0,
-                               reason="fixed" if not echo.auto else "starting value")
+                               reason=("set by the pool policy" if external else
+                                       "fixed" if not echo.auto else "starting value"))
         self.pool: dict[str, deque] = {}
         self.train: dict[int, deque] = {}
+        self.waits: dict[int, deque] = {}
         self.started = time.monotonic()
         self._updated = float("-inf")
         self.changes: list[tuple[float, float, str]] = [(0.0, self.state.factor,
@@ -62,13 +64,45 @@ class EchoController:
 
     def add_pool(self, actor: str, fresh: int, busy_s: float) -> None:
         """One pool block: fresh examples read for it and the seconds its work took."""
-        self.pool.setdefault(actor, deque(maxlen=64)).append((time.monotonic(), fresh, busy_s))
+        self.pool.setdefault(actor, deque(maxlen=4096)).append(
+            (time.monotonic(), fresh, busy_s))
         self._update()
 
-    def add_train(self, rank: int, rows: int, busy_s: float) -> None:
-        """A rank's recent steps: rows trained on and their h2d + compute seconds."""
-        self.train.setdefault(rank, deque(maxlen=64)).append((time.monotonic(), rows, busy_s))
+    def add_train(self, rank: int, rows: int, busy_s: float, wait_s: float = 0.0) -> None:
+        """A rank's recent steps: rows trained on, their h2d + compute seconds, and the
+        seconds they waited for data."""
+        self.train.setdefault(rank, deque(maxlen=4096)).append((time.monotonic(), rows, busy_s))
+        self.waits.setdefault(rank, deque(maxlen=4096)).append(
+            (time.monotonic(), wait_s, busy_s))
         self._update()
+
+    def observe(self, window_s: float) -> dict:
+        """What the pool policy needs over the last `window_s`: consume (examples/s the
+        trainers take when they do not wait, None before any report), produce (fresh
+        examples/s the pool delivered), busy (share of the reporting actors' time spent
+        working), stall (share of the ranks' step time spent waiting, None before any
+        report), actors (pool actors that reported)."""
+        now = time.monotonic()
+        since = now - window_s
+        consume, _ = self.rates(now)
+        recent = [[r for r in q if r[0] >= since] for q in self.pool.values()]
+        recent = [r for r in recent if r]
+        fresh = sum(n for q in recent for _, n, _ in q)
+        busy = sum(b for q in recent for _, _, b in q)
+        waited = [(w, b) for q in self.waits.values() for at, w, b in q if at >= since]
+        wait_s = sum(w for w, _ in waited)
+        step_s = wait_s + sum(b for _, b in waited)
+        return {"consume": consume, "produce": fresh / window_s,
+                "busy": min(1.0, busy / (window_s * len(recent))) if recent else None,
+                "stall": wait_s / step_s if step_s > 0 else None, "actors": len(recent)}
+
+    def set_factor(self, factor: float, reason: str) -> None:
+        """The pool policy's echo factor (with `external`, the rule here stays off)."""
+        if factor != self.state.factor:
+            self.state = EchoState(factor=factor, smoothed=factor, at_s=time.monotonic(),
+                                   reason=reason)
+            self.changes.append((time.monotonic() - self.started, factor, reason))
+            self.metrics.set(factor)
 
     def rates(self, now: float | None = None) -> tuple[float | None, float | None]:
         """(consume, produce) examples/s from the recent reports, or None where unknown."""
@@ -86,7 +120,7 @@ class EchoController:
 
     def _update(self) -> None:
         now = time.monotonic()
-        if not self.echo.auto or now - self._updated < UPDATE_EVERY_S:
+        if self.external or not self.echo.auto or now - self._updated < UPDATE_EVERY_S:
             return
         self._updated = now
         consume, produce = self.rates(now)
@@ -104,8 +138,9 @@ class EchoController:
         return list(self.changes)
 
 
-def start_echo_controller(run: str, echo: EchoConfig, world: int) -> ray.actor.ActorHandle:
-    return EchoController.remote(run, echo, world)
+def start_echo_controller(run: str, echo: EchoConfig, world: int,
+                          external: bool = False) -> ray.actor.ActorHandle:
+    return EchoController.remote(run, echo, world, external=external)
 
 
 class ControllerFactor:
@@ -145,17 +180,18 @@ class ConsumeReporter:
 
     def __init__(self, controller: ray.actor.ActorHandle, rank: int, every_s: float = 0.5):
         self.controller, self.rank, self.every_s = controller, rank, every_s
-        self._rows, self._busy = 0, 0.0
+        self._rows, self._busy, self._wait = 0, 0.0, 0.0
         self._sent = time.monotonic()
         self._skip = WARMUP_STEPS
 
-    def add(self, rows: int, busy_s: float) -> None:
+    def add(self, rows: int, busy_s: float, wait_s: float = 0.0) -> None:
         if self._skip:
             self._skip -= 1
             return
         self._rows += rows
         self._busy += busy_s
+        self._wait += wait_s
         now = time.monotonic()
         if now - self._sent >= self.every_s and self._busy > 0:
-            self.controller.add_train.remote(self.rank, self._rows, self._busy)
-            self._rows, self._busy, self._sent = 0, 0.0, now
+            self.controller.add_train.remote(self.rank, self._rows, self._busy, self._wait)
+            self._rows, self._busy, self._wait, self._sent = 0, 0.0, 0.0, now

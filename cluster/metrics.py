@@ -14,8 +14,9 @@ from collections import deque
 
 __all__ = [
     "DATA_WAIT", "H2D", "COMPUTE", "STEP", "STALL_FRACTION", "EXAMPLES", "PREPROCESS_IMAGES",
-    "PREPROCESS_BUSY", "BAD_RECORDS", "ECHO_FACTOR", "METRICS", "exported", "StepMetrics",
-    "PoolMetrics", "EchoMetrics", "SECONDS_BUCKETS", "StallWindow",
+    "PREPROCESS_BUSY", "BAD_RECORDS", "ECHO_FACTOR", "POOL_TARGET_NODES", "POOL_NODES",
+    "POOL_DECISIONS", "METRICS", "exported", "StepMetrics", "PoolMetrics", "EchoMetrics",
+    "ScalerMetrics", "SECONDS_BUCKETS", "StallWindow",
 ]
 
 # name -> (type, labels, meaning). Ray adds its own labels (SessionName, NodeAddress, ...).
@@ -29,6 +30,9 @@ PREPROCESS_IMAGES = "feedline_preprocess_images"
 PREPROCESS_BUSY = "feedline_preprocess_busy_seconds"
 BAD_RECORDS = "feedline_bad_records"
 ECHO_FACTOR = "feedline_echo_factor"
+POOL_TARGET_NODES = "feedline_pool_target_nodes"
+POOL_NODES = "feedline_pool_nodes"
+POOL_DECISIONS = "feedline_pool_decisions"
 
 METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     DATA_WAIT: ("histogram", ("run", "rank"),
@@ -51,7 +55,14 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     BAD_RECORDS: ("counter", ("run", "kind"), "Records skipped as undecodable, by kind "
                   "(zero_bytes, not_an_image, truncated, undecodable)."),
     ECHO_FACTOR: ("gauge", ("run",), "Data-echo factor in force: copies per fresh example on "
-                  "average (1 = no echo; follows the rule under --echo-factor auto)."),
+                  "average (1 = no echo; follows the rule under --echo-factor auto, or the "
+                  "pool policy under --pool-policy feedline)."),
+    POOL_TARGET_NODES: ("gauge", ("run",), "Preprocessing pool nodes the pool policy asks for "
+                        "(--pool-policy feedline)."),
+    POOL_NODES: ("gauge", ("run", "state"), "Preprocessing pool nodes, state=ready (alive, "
+                 "declaring the pool resource) or pending (asked for, not ready yet)."),
+    POOL_DECISIONS: ("counter", ("run", "action"), "Pool policy decisions by action: up, down, "
+                     "hold, echo_up, echo_down, wait."),
 }
 
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -153,3 +164,19 @@ class EchoMetrics:
 
     def set(self, factor: float) -> None:
         self._factor.set(factor)
+
+
+class ScalerMetrics:
+    """The pool scaler's gauges and decision counter for one run."""
+
+    def __init__(self, run: str):
+        self._target = _make(POOL_TARGET_NODES, run=run)
+        self._nodes = _make(POOL_NODES, run=run)
+        self._decisions = _make(POOL_DECISIONS, run=run)
+
+    def observe(self, target: int, ready: int, pending: int, action: str | None) -> None:
+        self._target.set(target)
+        self._nodes.set(ready, tags={"state": "ready"})
+        self._nodes.set(pending, tags={"state": "pending"})
+        if action is not None:
+            self._decisions.inc(1, tags={"action": action})

@@ -262,6 +262,9 @@ def decide(cfg: PolicyConfig, state: PolicyState, obs: Observation
             # re-measured while the pool is the bottleneck, and the next decision will size up.
             return out(held, 1.0, "hold", f"{facts}; stall {obs.stall_fraction:.0%} with the "
                        f"nodes the estimate asks for: re-measuring")
+        if cfg.echo_max <= 1.0:
+            return out(held, 1.0, "hold", f"{facts}; at {limit}, stall "
+                       f"{obs.stall_fraction:.0%}, echo off (echo_max 1)")
         since = state.stall_since_s if state.stall_since_s is not None else obs.now_s
         if obs.now_s - since < cfg.echo_after_s:
             return out(held, 1.0, "hold", f"{facts}; at {limit}, stall "

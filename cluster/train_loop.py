@@ -229,7 +229,7 @@ class _Stepper:
                 self.metrics.observe(t1 - t0, t2 - t1, t3 - t2, fresh=fresh, echoed=echoed,
                                      now=t3)
             if self.consume is not None:
-                self.consume.add(n, t3 - t1)
+                self.consume.add(n, t3 - t1, t1 - t0)
             self.echoed_total += echoed
             self.steps_total += 1
             # Every rank has the same progress after every step, so they validate together.
@@ -278,7 +278,9 @@ def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point. `config` holds: train (TrainConfig), rows_per_epoch (int),
     num_classes (int), image_size (int), val (PipelineConfig | None), val_plan (ShardPlan),
     run (str, the metrics' run label), monitor (RunMonitor handle or None), timeline (bool),
-    echo (EchoConfig of the training stream), echo_control (EchoController handle or None)."""
+    echo (EchoConfig of the training stream), echo_control (EchoController handle or None),
+    report_rates (bool: report step times to echo_control even without an automatic echo
+    factor, for the pool scaler)."""
     tc: TrainConfig = config["train"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -329,7 +331,8 @@ def train_loop_per_worker(config: dict) -> None:
                     keep_steps=bool(config.get("timeline")) and monitor is not None,
                     consumed=rows * start_epoch,
                     consume=(ConsumeReporter(control, rank)
-                             if echo.auto and control is not None else None))
+                             if (echo.auto or config.get("report_rates")) and control is not None
+                             else None))
     run = EpochTotals()
     run_wall = 0.0
     history: list[dict] = []

@@ -13,6 +13,7 @@ from ray.train.torch import TorchTrainer
 from cluster.config import TrainConfig
 from cluster.echo_control import ControllerFactor, start_echo_controller
 from cluster.monitor import PoolReporter, start_monitor
+from cluster.scaler import ScalerConfig, pool_actor_bounds, start_scaler
 from cluster.timeline import write_timeline
 from cluster.train_loop import train_loop_per_worker
 from pipelines import PipelineConfig, ShardPlan, build_dataset, plan_source
@@ -74,6 +75,9 @@ class RunSummary:
     first_read_at: float | None = None
     """Epoch seconds when the pool started its first training block; with each history
     entry's `at`, the wall-clock from the first data read to that validation."""
+    pool_decisions: list = dataclasses.field(default_factory=list)
+    """With a pool policy: every decision (t_s, action, target_nodes, ready, pending, stall,
+    echo, reason)."""
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -115,16 +119,19 @@ def run_label(tc: TrainConfig) -> str:
 def build_trainer(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig | None,
                   plan: ShardPlan, val_plan: ShardPlan | None, *, run: str | None = None,
                   monitor: ray.actor.ActorHandle | None = None, timeline: bool = False,
-                  echo_control: ray.actor.ActorHandle | None = None) -> TorchTrainer:
+                  echo_control: ray.actor.ActorHandle | None = None,
+                  report_rates: bool = False) -> TorchTrainer:
     """A TorchTrainer whose workers read `pipeline` (planned as `plan`) as one continuous
     multi-epoch stream and validate on `val` (planned as `val_plan`) after every epoch.
     Metrics carry the label `run`; `monitor` (a RunMonitor) counts bad records and, with
     `timeline`, every step and block; `echo_control` (an EchoController) sets the echo factor
-    when `pipeline.echo.auto`."""
+    when `pipeline.echo.auto`, and gathers the pool's and the ranks' rates then or with
+    `report_rates` (for the pool scaler)."""
     run = run or run_label(tc)
     if pipeline.epochs != tc.epochs:
         pipeline = dataclasses.replace(pipeline, epochs=tc.epochs)
     auto = echo_control if pipeline.echo.auto else None
+    rates = echo_control if pipeline.echo.auto or report_rates else None
     source = (ControllerFactor(auto, pipeline.echo.factor)
               if auto is not None and pipeline.echo.in_pool else None)
     resources = {"CPU": tc.cpus_per_worker}
@@ -144,12 +151,13 @@ def build_trainer(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig
             "timeline": timeline,
             "echo": pipeline.echo,
             "echo_control": echo_control,
+            "report_rates": report_rates,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources),
         run_config=_run_config(tc, pipeline),
         datasets={"train": build_dataset(pipeline, plan=plan,
-                                         observer=PoolReporter(run, monitor, echo=auto),
+                                         observer=PoolReporter(run, monitor, echo=rates),
                                          factor_source=source)},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
@@ -157,22 +165,41 @@ def build_trainer(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig
 
 def run_training(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig | None,
                  plan: ShardPlan | None = None, val_plan: ShardPlan | None = None,
-                 started: float | None = None, timeline_dir: str | None = None) -> RunSummary:
+                 started: float | None = None, timeline_dir: str | None = None,
+                 scaling: ScalerConfig | None = None) -> RunSummary:
     """Train on `pipeline` (validating on `val` after each epoch) and summarise. Plans the data
     first unless given, so bad input fails before any Ray work; `started` is the clock reading
     the wall time counts from (default: now). With `timeline_dir`, writes timeline.json and
-    timeline.png there."""
+    timeline.png there. With `scaling`, a PoolScaler sizes the preprocessing pool while the
+    run goes on (and sets the echo factor, which `pipeline.echo` must then leave automatic,
+    unless the policy's echo_max is 1)."""
     start = started if started is not None else time.perf_counter()
+    if scaling is not None:
+        if scaling.policy.echo_max > 1 and not pipeline.echo.auto:
+            raise ValueError(
+                "the pool policy sets the echo factor (its fallback at max nodes, up to "
+                f"echo_max={scaling.policy.echo_max:g}): give the pipeline EchoConfig(auto=True) "
+                "(on the command line: no --echo-factor), or set the policy's echo_max to 1")
+        low, high = pool_actor_bounds(scaling, pipeline.preprocess.resource_per_actor)
+        pipeline = dataclasses.replace(pipeline, preprocess=dataclasses.replace(
+            pipeline.preprocess, min_actors=low, max_actors=high))
     plan = plan or plan_source(pipeline.source)
     if val is not None and val_plan is None:
         val_plan = plan_source(val.source)
     run = run_label(tc)
     monitor = start_monitor(timeline=timeline_dir is not None)
-    echo_control = start_echo_controller(run, pipeline.echo, tc.num_workers)
+    echo_control = start_echo_controller(run, pipeline.echo, tc.num_workers,
+                                         external=scaling is not None)
+    scaler = start_scaler(run, scaling, echo_control) if scaling is not None else None
+    decisions: list[dict] = []
     try:
         trainer = build_trainer(tc, pipeline, val, plan, val_plan, run=run, monitor=monitor,
-                                timeline=timeline_dir is not None, echo_control=echo_control)
+                                timeline=timeline_dir is not None, echo_control=echo_control,
+                                report_rates=scaling is not None)
         result = trainer.fit()
+        if scaler is not None:
+            ray.get(scaler.stop.remote())
+            decisions = ray.get(scaler.decisions.remote())
         wall = time.perf_counter() - start
         bad = ray.get(monitor.bad_records.remote())
         first_read = ray.get(monitor.first_read_at.remote())
@@ -180,6 +207,8 @@ def run_training(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig 
         if timeline_dir is not None and result.error is None:
             write_timeline(timeline_dir, *ray.get(monitor.spans.remote()))
     finally:
+        if scaler is not None:
+            ray.kill(scaler)
         ray.kill(monitor)
         ray.kill(echo_control)
     if result.error is not None:
@@ -216,6 +245,7 @@ def run_training(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig 
         echo_changes=[list(c) for c in echo_changes],
         history=m.get("history", []),
         first_read_at=first_read,
+        pool_decisions=decisions,
         reached_target=(None if tc.target_accuracy is None else
                         m["val_accuracy"] is not None and m["val_accuracy"] >= tc.target_accuracy),
     )

@@ -78,6 +78,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     e.add_argument("--echo-shuffle-rows", type=int, default=1024,
                    help="rows of the shuffle buffer after the echo, which keeps copies of one "
                         "example apart (batch mode: this many rows' worth of whole batches)")
+    s = p.add_argument_group("pool scaling (feedline's policy for the dedicated CPU pool)")
+    s.add_argument("--pool-policy", choices=["none", "feedline"], default="none",
+                   help="feedline: size the pool from measured GPU stall and cost every "
+                        "--pool-interval-s (ray.autoscaler.sdk.request_resources for pool "
+                        "nodes), and echo up to --echo-max when it is at --pool-max-nodes; "
+                        "none: the pool is what the cluster has (and Ray Data's demand)")
+    s.add_argument("--pool-min-nodes", type=int, default=0, help="fewest pool nodes")
+    s.add_argument("--pool-max-nodes", type=int, default=8, help="most pool nodes (quota)")
+    s.add_argument("--pool-cpus-per-node", type=int, default=16,
+                   help="units of --pool-resource one pool node declares")
+    s.add_argument("--target-stall", type=float, default=0.05,
+                   help="share of step time waiting for data above which the pool grows")
+    s.add_argument("--gpu-cost-per-hour", type=float, default=4.0,
+                   help="price of one training worker's accelerator")
+    s.add_argument("--node-cost-per-hour", type=float, default=0.8,
+                   help="price of one pool node")
+    s.add_argument("--pool-interval-s", type=float, default=30.0,
+                   help="seconds between two decisions of the pool policy")
     t = p.add_argument_group("training")
     t.add_argument("--model", choices=MODELS, default="resnet18", help="torchvision ResNet")
     t.add_argument("--num-classes", type=int, default=None,
@@ -132,9 +150,35 @@ def _echo_factor(text: str) -> str:
 
 
 def echo_config(args: argparse.Namespace) -> EchoConfig:
+    if args.pool_policy == "feedline":
+        if args.echo_factor not in ("1", "auto"):
+            raise ValueError("--pool-policy feedline sets the echo factor itself (echo is its "
+                             "fallback at --pool-max-nodes, up to --echo-max): drop "
+                             "--echo-factor, or give --echo-max 1 to keep echo off")
+        if args.echo_max <= 1:
+            return EchoConfig()
+        return EchoConfig(mode=args.echo_mode, auto=True, max_factor=args.echo_max,
+                          shuffle_rows=args.echo_shuffle_rows)
     auto = args.echo_factor == "auto"
     return EchoConfig(mode=args.echo_mode, factor=1.0 if auto else float(args.echo_factor),
                       auto=auto, max_factor=args.echo_max, shuffle_rows=args.echo_shuffle_rows)
+
+
+def scaling_config(args: argparse.Namespace):
+    """The pool scaler's configuration, or None without --pool-policy feedline."""
+    if args.pool_policy != "feedline":
+        return None
+    from cluster.scaler import ScalerConfig
+    from cluster.scaling import PolicyConfig
+
+    return ScalerConfig(
+        policy=PolicyConfig(
+            min_nodes=args.pool_min_nodes, max_nodes=args.pool_max_nodes,
+            cpus_per_node=args.pool_cpus_per_node, gpus=args.num_workers,
+            cpu_node_cost_per_hour=args.node_cost_per_hour,
+            gpu_cost_per_hour=args.gpu_cost_per_hour, target_stall=args.target_stall,
+            echo_max=args.echo_max),
+        pool_resource=args.pool_resource, interval_s=args.pool_interval_s)
 
 
 def configs(args: argparse.Namespace) -> tuple[TrainConfig, PipelineConfig, PipelineConfig | None]:
@@ -179,6 +223,12 @@ def print_summary(s) -> None:
         print(f"  data echoing         {s.echo_mode}, x{s.echo_factor:.2f} over the run"
               + (f" (auto: {len(s.echo_changes) - 1} changes, last "
                  f"x{s.echo_changes[-1][1]:.2f})" if s.echo_auto else ""))
+    if s.pool_decisions:
+        moves = [d for d in s.pool_decisions if d["action"] not in ("hold", "wait")]
+        last = s.pool_decisions[-1]
+        print(f"  pool policy          {len(s.pool_decisions)} decisions, {len(moves)} changes; "
+              f"last: {last['target_nodes']} nodes ({last['ready']} ready), echo "
+              f"x{last['echo']:.2f}")
     if s.reached_target is not None:
         print(f"  accuracy target      {'reached' if s.reached_target else 'NOT reached'}")
     print(f"  epochs / wall time   {s.epochs} / {s.wall_s:.1f} s  "
@@ -212,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ray: {mode} a cluster", flush=True)
     try:
         summary = run_training(tc, train, val, plan, val_plan, started=started,
-                               timeline_dir=args.timeline)
+                               timeline_dir=args.timeline, scaling=scaling_config(args))
     except (StorageError, SchemaError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

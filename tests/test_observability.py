@@ -112,9 +112,12 @@ def observed_run(ray_cluster, object_store, prometheus_bin, tmp_path_factory):
     """A short digits run scraped by a real Prometheus, with 3 bad records planted in each
     split: the run must finish (skipped training rows shorten the last epoch) and count them.
     It echoes (e = 1.5, before augmentation), so the echo path, its accounting and its metrics
-    run end to end here too."""
+    run end to end here too, and the pool scaler watches it (one pool node, the max: it holds,
+    and with echo_max 1 it leaves the run's own echo factor alone)."""
     from cluster.config import TrainConfig
     from cluster.prometheus import LocalPrometheus, ray_metrics_targets
+    from cluster.scaler import ScalerConfig
+    from cluster.scaling import PolicyConfig
     from cluster.trainer import run_training
     from pipelines import EchoConfig, PipelineConfig, PreprocessConfig, SourceConfig
     from pipelines.datasets import write_digits
@@ -128,9 +131,11 @@ def observed_run(ray_cluster, object_store, prometheus_bin, tmp_path_factory):
     tc = TrainConfig(epochs=2, batch_size=32, lr=0.05, num_workers=2, cpus_per_worker=1,
                      run_name="observed", storage_path=str(tmp_path_factory.mktemp("results")))
     timeline = tmp_path_factory.mktemp("timeline")
+    scaling = ScalerConfig(policy=PolicyConfig(min_nodes=1, max_nodes=1, cpus_per_node=2,
+                                               gpus=2, echo_max=1.0), interval_s=2.0)
     with LocalPrometheus(targets=ray_metrics_targets(), scrape_s=1.0) as prom:
         start = time.time()
-        summary = run_training(tc, train, val, timeline_dir=str(timeline))
+        summary = run_training(tc, train, val, timeline_dir=str(timeline), scaling=scaling)
         # Ray's metrics agent exports what workers reported at most ~10 s ago; let it catch up.
         time.sleep(15)
         yield {"prom": prom, "summary": summary, "start": start - 5, "end": time.time(),
@@ -176,6 +181,23 @@ def test_prometheus_saw_the_echo_factor_of_the_run(observed_run):
     prom, start, end = observed_run["prom"], observed_run["start"], observed_run["end"]
     series = prom.query_range(f'{m.exported(m.ECHO_FACTOR)}{{run="observed"}}', start, end)
     assert series and {float(v) for s in series for _, v in s["values"]} == {1.5}
+
+
+@pytest.mark.ray
+@pytest.mark.services
+def test_pool_scaler_decided_and_prometheus_saw_it(observed_run):
+    s = observed_run["summary"]
+    assert len(s.pool_decisions) >= 5  # every 2 s over the run
+    assert {d["target_nodes"] for d in s.pool_decisions} == {1}  # at its max of one node
+    assert {d["ready"] for d in s.pool_decisions} == {1} and all(d["reason"]
+                                                                  for d in s.pool_decisions)
+    prom, start, end = observed_run["prom"], observed_run["start"], observed_run["end"]
+    target = prom.query_range(f'{m.exported(m.POOL_TARGET_NODES)}{{run="observed"}}', start,
+                              end)
+    assert target and {float(v) for t in target for _, v in t["values"]} == {1.0}
+    actions = prom.query_range(f'sum by (action) ({m.exported(m.POOL_DECISIONS)}'
+                               f'{{run="observed"}})', start, end)
+    assert actions and {a["metric"]["action"] for a in actions} <= {"hold", "wait"}
 
 
 @pytest.mark.ray

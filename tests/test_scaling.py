@@ -116,10 +116,15 @@ def test_echo_fallback_at_max_then_given_back_before_adding_nodes():
     assert (d.action, d.echo_factor, d.target_nodes) == ("up", 1.0, 11)
 
 
-def test_echo_never_exceeds_echo_max():
+def test_echo_never_exceeds_echo_max_and_echo_max_1_turns_it_off():
     p = PoolPolicy(PolicyConfig(max_nodes=2, gpus=8, echo_max=3.0, echo_after_s=0))
     d = p.decide(obs(0, 0.9, 10_000, 200, 2))
     assert d.echo_factor == 3.0
+    p = PoolPolicy(PolicyConfig(max_nodes=2, gpus=8, echo_max=1.0, echo_after_s=0))
+    for t in range(0, 600, 30):
+        d = p.decide(obs(t, 0.9, 10_000, 200, 2))
+        assert (d.action, d.echo_factor, d.target_nodes) == ("hold", 1.0, 2)
+    assert "echo off" in d.reason
 
 
 LOOP = PolicyConfig(max_nodes=64, gpus=64)  # 3,000/s for 64 GPUs: every node pays for itself
