@@ -137,8 +137,6 @@ class PolicyState:
     node_rate: float | None = None
     """Smoothed fresh examples/s per ready node."""
     rate_at_s: float | None = None
-    target: int | None = None
-    """Last target asked for."""
     last_up_s: float = -math.inf
     ahead_since_s: float | None = None
     """Since when the pool has run ahead enough to shrink."""
@@ -149,11 +147,10 @@ class PolicyState:
     """Since when stall has persisted with no node coming."""
 
 
-def _measure_node_rate(cfg: PolicyConfig, state: PolicyState, obs: Observation
-                       ) -> tuple[PolicyState, float | None]:
-    """The state with the smoothed per-node rate updated, and this window's own sample."""
+def _measure_node_rate(cfg: PolicyConfig, state: PolicyState, obs: Observation) -> PolicyState:
+    """The state with the smoothed per-node rate updated from this window, where it tells."""
     if obs.pool_nodes <= 0 or obs.produce_rate <= 0:
-        return state, None
+        return state
     if obs.pool_busy_fraction is not None and obs.pool_busy_fraction > 0.05:
         sample = obs.produce_rate / min(1.0, obs.pool_busy_fraction) / obs.pool_nodes
     elif obs.stall_fraction > cfg.target_stall:
@@ -161,14 +158,14 @@ def _measure_node_rate(cfg: PolicyConfig, state: PolicyState, obs: Observation
     elif state.node_rate is None or obs.produce_rate / obs.pool_nodes > state.node_rate:
         sample = obs.produce_rate / obs.pool_nodes  # a lower bound, and better than we knew
     else:
-        return state, None
+        return state
     if state.node_rate is None or state.rate_at_s is None:
         rate = sample
     else:
         dt = max(0.0, obs.now_s - state.rate_at_s)
         w = 1.0 if cfg.smoothing_s == 0 else 1.0 - math.exp(-dt / cfg.smoothing_s)
         rate = state.node_rate + w * (sample - state.node_rate)
-    return replace(state, node_rate=rate, rate_at_s=obs.now_s), sample
+    return replace(state, node_rate=rate, rate_at_s=obs.now_s)
 
 
 def _nodes_worth(cfg: PolicyConfig, demand: float, node_rate: float, want: int) -> int:
@@ -195,7 +192,7 @@ def _echo_for(cfg: PolicyConfig, demand: float, capacity: float) -> float:
 def decide(cfg: PolicyConfig, state: PolicyState, obs: Observation
            ) -> tuple[Decision, PolicyState]:
     """One decision and the state after it. Pure."""
-    state, _ = _measure_node_rate(cfg, state, obs)
+    state = _measure_node_rate(cfg, state, obs)
     nodes, pending = obs.pool_nodes, obs.pending_nodes
     coming = nodes + pending
     echo = max(1.0, obs.echo_factor)
@@ -205,8 +202,7 @@ def decide(cfg: PolicyConfig, state: PolicyState, obs: Observation
     held = max(cfg.min_nodes, min(cfg.max_nodes, coming))
 
     def out(target: int, factor: float, action: Action, why: str, **changes):
-        new = replace(state, target=target, **changes)
-        return Decision(target, factor, why, action), new
+        return Decision(target, factor, why, action), replace(state, **changes)
 
     if node_rate is None or node_rate <= 0 or demand <= 0:
         if stalled and coming == 0 and cfg.max_nodes > 0:

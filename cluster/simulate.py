@@ -24,7 +24,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from cluster.scaling import Observation, PolicyConfig, PoolPolicy
 
@@ -350,8 +350,3 @@ def run_all(names: list[str] | None = None, seed: int = 0) -> list[Result]:
     """Every policy on every scenario named (default: all standard scenarios)."""
     chosen = [SCENARIOS[n] for n in (names or list(SCENARIOS))]
     return [simulate(sc, p, seed) for sc in chosen for p in POLICIES]
-
-
-def with_changes(sc: Scenario, **kwargs) -> Scenario:
-    """A scenario with some fields replaced (for experiments and tests)."""
-    return replace(sc, **kwargs)

@@ -5,6 +5,7 @@ checked exactly as `jobs/simulate_scaling.py` reports them)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import subprocess
@@ -77,7 +78,7 @@ def test_node_startup_delay_is_paid():
     base = Scenario(name="drop", description="", gpus=64, max_nodes=80, hours=3.0,
                     changes=(Change(HOUR, node_rate_factor=0.5),))
     fast = simulate(base, "feedline")
-    slow = simulate(Scenario(**{**base.__dict__, "startup_s": 900.0}), "feedline")
+    slow = simulate(dataclasses.replace(base, startup_s=900.0), "feedline")
     assert slow.gpu_stall_fraction > fast.gpu_stall_fraction + 0.01
 
 
