@@ -24,7 +24,7 @@ def connect_or_start(pool_resource: str, pool_cpus: float | None = None) -> str:
     except ConnectionError:
         cpus = os.cpu_count() or 1
         pool = pool_cpus if pool_cpus is not None else float(cpus)
-        ray.init(resources={pool_resource: pool})
+        ray.init(address="local", resources={pool_resource: pool})
         mode = "started"
     have = ray.cluster_resources().get(pool_resource, 0)
     if have <= 0:

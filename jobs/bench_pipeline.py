@@ -277,7 +277,7 @@ def main(argv=None) -> int:
                 # A fresh local Ray per system: its object store and processes are its own.
                 import ray
 
-                ray.init(num_cpus=cores, resources={"preprocess_cpu": cores},
+                ray.init(address="local", num_cpus=cores, resources={"preprocess_cpu": cores},
                          include_dashboard=False, log_to_driver=False)
                 try:
                     run = run_raydata if name == "raydata" else run_feedline

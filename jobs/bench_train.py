@@ -160,7 +160,7 @@ def main(argv=None) -> int:
     results = {}
     try:
         for loader in [x.strip() for x in args.loaders.split(",") if x.strip()]:
-            ray.init(num_cpus=cores, resources={"preprocess_cpu": pool},
+            ray.init(address="local", num_cpus=cores, resources={"preprocess_cpu": pool},
                      include_dashboard=False, log_to_driver=False)
             try:
                 print(f"training with the {loader} loader ...", flush=True)

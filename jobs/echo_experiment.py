@@ -211,7 +211,8 @@ def _experiment(args, work: str, repeats: int, started: float) -> list[dict]:
         with ThrottledProxy("127.0.0.1", store.s3_port, args.read_kbps * 1000) as proxy:
             import ray
 
-            ray.init(num_cpus=2, resources={"preprocess_cpu": 1}, include_dashboard=False,
+            ray.init(address="local", num_cpus=2, resources={"preprocess_cpu": 1},
+                     include_dashboard=False,
                      log_to_driver=False, configure_logging=False)
             try:
                 from pipelines import SourceConfig, plan_source

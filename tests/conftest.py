@@ -52,7 +52,7 @@ def object_store(tmp_path_factory):
 def ray_cluster(object_store):
     import ray
 
-    ray.init(num_cpus=2, resources={POOL_RESOURCE: 2}, include_dashboard=False,
+    ray.init(address="local", num_cpus=2, resources={POOL_RESOURCE: 2}, include_dashboard=False,
              log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()

@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -82,9 +84,14 @@ def fake_cluster(tmp_path, object_store):
            "RAY_AUTH_MODE": "token", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
            "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
+    # Its own temp dir (short: Ray's socket paths must fit 107 bytes): its session and its
+    # "current cluster" file stay out of /tmp/ray, so no later `ray.init` of another test or
+    # job finds this cluster, and every process of it carries the dir on its command line.
+    temp = tempfile.mkdtemp(prefix="rayfake", dir="/tmp")
     head = subprocess.Popen(
         [os.path.join(venv_bin, "ray"), "start", "--head", "--block", f"--port={port}",
-         "--num-cpus=2", "--include-dashboard=false", f"--autoscaling-config={cfg}"],
+         f"--temp-dir={temp}", "--num-cpus=2", "--include-dashboard=false",
+         f"--autoscaling-config={cfg}"],
         env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT,
         start_new_session=True)
     client = {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
@@ -97,17 +104,23 @@ def fake_cluster(tmp_path, object_store):
             time.sleep(2)
         yield client
     finally:
-        # Stop what this test started, and only that: `ray stop` would end every Ray on the
-        # machine, the suite's own session cluster included. The head's process group, then
-        # every process of its session (the fake nodes' raylets are not in that group).
+        # Stop what this test started, and only that (`ray stop` would end every Ray on the
+        # machine, the suite's own session cluster included): the head's process group, then
+        # every process under its temp dir (the fake nodes' raylets are not in that group),
+        # and wait until they are gone.
         os.killpg(head.pid, signal.SIGTERM)
         try:
             head.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
-        session = re.search(r"session_[0-9_-]+", (tmp_path / "head.log").read_text())
-        if session:
-            subprocess.run(["pkill", "-f", session.group(0)], check=False)
+        for sig in ("TERM", "TERM", "TERM", "KILL"):
+            if subprocess.run(["pgrep", "-f", temp], capture_output=True).returncode != 0:
+                break
+            subprocess.run(["pkill", f"-{sig}", "-f", temp], check=False)
+            time.sleep(5)
+        assert subprocess.run(["pgrep", "-f", temp], capture_output=True).returncode != 0, \
+            "processes of the fake cluster survived"
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.mark.services
