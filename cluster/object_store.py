@@ -15,11 +15,30 @@ import pyarrow.fs as pafs
 
 from cluster.processes import start_service, stop_process_group, wait_ready
 
-__all__ = ["EmbeddedObjectStore", "weed_binary", "free_port"]
+__all__ = ["EmbeddedObjectStore", "check_disk", "free_port", "weed_binary"]
 
 # weed mini opens these servers; each also listens on port + 10000 for gRPC unless told otherwise.
 _PORT_FLAGS = ("master.port", "volume.port", "filer.port", "s3.port", "s3.port.iceberg",
                "s3.port.lance", "admin.port")
+
+
+_VOLUME_MB = 64
+_VOLUMES = 64
+# SeaweedFS turns its volumes read-only when the disk's free space falls under 1% of its size;
+# writes then fail with INTERNAL_FAILURE. Refuse to start so close to that line.
+_MIN_FREE_FRACTION = 0.01
+_MIN_FREE_MARGIN = 1 << 30
+
+
+def check_disk(path: str) -> None:
+    """Raise when `path`'s disk is too full for SeaweedFS to keep its volumes writable."""
+    usage = shutil.disk_usage(path)
+    need = int(usage.total * _MIN_FREE_FRACTION) + _MIN_FREE_MARGIN
+    if usage.free < need:
+        raise OSError(f"the disk holding {path} has {usage.free / 2**30:.1f} GiB free of "
+                      f"{usage.total / 2**30:.0f} GiB; SeaweedFS makes its volumes read-only under "
+                      f"1% free, so the object store needs at least {need / 2**30:.1f} GiB free: "
+                      "free some space (old checkouts, Ray's /tmp/ray sessions) and start again")
 
 
 def weed_binary() -> str:
@@ -91,9 +110,14 @@ class EmbeddedObjectStore:
         taken: set[int] = set()
         ports = {flag: free_port(taken, grpc_offset=True) for flag in _PORT_FLAGS}
         self.s3_port = ports["s3.port"]
+        check_disk(self.data_dir)
+        # A fixed number of small volumes (files grow as written, nothing is preallocated):
+        # left to itself weed sizes its volume count from the free space at start, and two 1 GiB
+        # volumes on a tight disk run out of writable volumes mid-session.
         args = [weed_binary(), "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1",
                 "-ip.bind=127.0.0.1", "-webdav=false", "-master.telemetry=false",
-                "-admin.ui=false"]
+                "-admin.ui=false", f"-master.volumeSizeLimitMB={_VOLUME_MB}",
+                f"-volume.max={_VOLUMES}"]
         args += [f"-{flag}={port}" for flag, port in ports.items()]
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key,
                "AWS_SECRET_ACCESS_KEY": self.secret_key, "S3_BUCKET": self.bucket}

@@ -68,3 +68,20 @@ def test_empty_data_set(s3_prefix):
     empty = pa.table({"image": pa.array([], pa.binary()), "label": pa.array([], pa.int64())})
     pq.write_table(empty, f"{loc.path}/part-0.parquet", filesystem=loc.fs)
     assert_one_clear_line(*train("--data", s3_prefix, "--no-val"), "no Parquet shards with data")
+
+
+def test_object_store_refuses_a_disk_too_full_for_writable_volumes(tmp_path, monkeypatch):
+    import shutil
+    from types import SimpleNamespace
+
+    from cluster import object_store
+
+    def usage(free):
+        return lambda path: SimpleNamespace(total=total, used=total - free, free=free)
+
+    total = 252 * 2**30
+    monkeypatch.setattr(shutil, "disk_usage", usage(2**30))
+    with pytest.raises(OSError, match=r"1\.0 GiB free of 252 GiB.*read-only under 1% free"):
+        object_store.EmbeddedObjectStore(data_dir=str(tmp_path)).start()
+    monkeypatch.setattr(shutil, "disk_usage", usage(10 * 2**30))
+    object_store.check_disk(str(tmp_path))  # 10 GiB free: enough
