@@ -32,9 +32,31 @@ def decode_image(data: bytes, min_side: int | None = None) -> np.ndarray:
         if scale < 1.0:
             img.draft("RGB", (max(1, int(w * scale + 0.5)), max(1, int(h * scale + 0.5))))
     img = ImageOps.exif_transpose(img)
+    if img.mode in _WIDE_GRAY:
+        return _wide_gray_to_rgb(img)
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # PIL warns when a palette with transparency goes to RGB
     if img.mode != "RGB":
+        # Alpha is dropped, as PIL's and torchvision's own loaders do; CMYK and YCbCr JPEGs,
+        # palettes, 1-bit and gray images are converted by PIL.
         img = img.convert("RGB")
     return np.asarray(img)
+
+
+_WIDE_GRAY = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+"""Gray modes wider than 8 bits: 16-bit PNG and TIFF open as I;16 (or I), float TIFF as F.
+PIL's own convert("RGB") clips them at 255, which turns a 16-bit image white."""
+
+
+def _wide_gray_to_rgb(img: Image.Image) -> np.ndarray:
+    values = np.asarray(img)
+    if img.mode == "F":
+        top = 1.0 if float(np.nanmax(values, initial=0.0)) <= 1.0 else 255.0
+        gray = np.clip(np.nan_to_num(values) * (255.0 / top), 0, 255).round()
+    else:  # 16-bit samples (I holds them in 32 bits): keep the top 8 bits
+        gray = np.clip(values.astype(np.int64), 0, 65535) >> 8
+    gray = gray.astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=2)
 
 
 @dataclass
@@ -43,7 +65,7 @@ class DecodeStats:
 
     ok: int = 0
     bad: Counter = field(default_factory=Counter)
-    """Bad records by kind (zero_bytes, not_an_image, truncated)."""
+    """Bad records by kind (zero_bytes, not_an_image, truncated, too_large, undecodable)."""
     sample_keys: list[str] = field(default_factory=list)
     """A few keys of bad records, for the log and the summary."""
 
@@ -58,6 +80,8 @@ def _kind(err: Exception, data: bytes) -> str:
         return "zero_bytes"
     if isinstance(err, UnidentifiedImageError):
         return "not_an_image"
+    if isinstance(err, Image.DecompressionBombError):
+        return "too_large"
     if isinstance(err, OSError) and "truncated" in str(err).lower():
         return "truncated"
     return "undecodable"
