@@ -16,6 +16,7 @@ from collections import Counter
 import ray
 
 from cluster.metrics import PoolMetrics
+from pipelines.badrecords import SAMPLE_KEYS
 from pipelines.observe import BlockSpan
 
 __all__ = ["RunMonitor", "PoolReporter", "start_monitor", "MAX_SPANS"]
@@ -29,12 +30,23 @@ class RunMonitor:
     def __init__(self, timeline: bool):
         self.timeline = timeline
         self.bad: Counter = Counter()
+        self.bad_shards: Counter = Counter()
+        self.bad_keys: list[str] = []
+        # training stream: bad records per epoch, by kind and by shard, for the run-wide limit
+        self.epoch_kinds: dict[int, Counter] = {}
+        self.epoch_shards: dict[int, Counter] = {}
         self.first_read: float | None = None
         self.pool_spans: list[tuple[str, float, float, int, int]] = []
         self.train_spans: list[tuple[int, float, float, float, float, int]] = []
 
     def add_block(self, actor: str, span: BlockSpan, stage: str = "train") -> None:
         self.bad.update(span.bad)
+        if span.bad:
+            self.bad_shards.update(span.bad_shards)
+            self.bad_keys.extend(span.bad_keys[:max(0, SAMPLE_KEYS - len(self.bad_keys))])
+            if stage == "train":
+                self.epoch_kinds.setdefault(span.epoch, Counter()).update(span.bad)
+                self.epoch_shards.setdefault(span.epoch, Counter()).update(span.bad_shards)
         if stage == "train" and (self.first_read is None or span.start < self.first_read):
             self.first_read = span.start
         # Validation blocks are made inside the trainers, not by the pool: only their bad
@@ -57,8 +69,19 @@ class RunMonitor:
         return self.first_read
 
     def bad_records(self) -> dict[str, int]:
-        """Records skipped as undecodable so far, by kind (training and validation)."""
+        """Records skipped as bad so far, by kind (training and validation)."""
         return dict(self.bad)
+
+    def bad_detail(self) -> tuple[dict[str, int], list[str]]:
+        """The shards with the most bad records (up to 10, with counts) and sample keys."""
+        return dict(self.bad_shards.most_common(10)), list(self.bad_keys)
+
+    def epoch_bad(self, epoch: int) -> tuple[int, dict[str, int], dict[str, int], list[str]]:
+        """Bad records of the training stream's `epoch` over all pool actors: the count, by
+        kind, by shard, and sample keys."""
+        kinds = self.epoch_kinds.get(epoch, Counter())
+        return (sum(kinds.values()), dict(kinds), dict(self.epoch_shards.get(epoch, {})),
+                list(self.bad_keys))
 
     def spans(self) -> tuple[list, list]:
         return self.train_spans, self.pool_spans

@@ -33,6 +33,7 @@ from cluster.metrics import StepMetrics
 from cluster.model import build_model, normalize_on_device
 from cluster.monitor import PoolReporter
 from cluster.prefetch import DevicePrefetcher
+from pipelines.badrecords import BadRecordLimit
 from pipelines.build import Preprocessor
 from pipelines.config import EchoConfig, PipelineConfig
 from pipelines.echo import ECHO, echo_batches
@@ -274,11 +275,25 @@ def _echo_batches(batches, factor, echo: EchoConfig, tc: TrainConfig, epoch: int
                PROGRESS: n if fresh else 0}
 
 
+def _check_bad_records(monitor, limit: BadRecordLimit, epoch: int, rank: int,
+                       device: torch.device) -> None:
+    """Stop every rank when the pool actors together skipped more bad records in `epoch` than
+    the limit allows (each actor checks only its own share). Rank 0 asks the monitor and the
+    ranks agree on its answer, so they all stop on the same step."""
+    found = ray.get(monitor.epoch_bad.remote(epoch)) if rank == 0 else None
+    (count,) = all_reduce([found[0] if found else 0], device)
+    if count > limit.allowed:
+        if found is not None:
+            raise limit.error(epoch, *found)
+        raise limit.error(epoch, int(count), {}, {}, [])
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point. `config` holds: train (TrainConfig), rows_per_epoch (int),
     num_classes (int), image_size (int), val (PipelineConfig | None), val_plan (ShardPlan),
     run (str, the metrics' run label), monitor (RunMonitor handle or None), timeline (bool),
     echo (EchoConfig of the training stream), echo_control (EchoController handle or None),
+    bad_limit (BadRecordLimit of the training stream, checked at every epoch's end),
     report_rates (bool: report step times to echo_control even without an automatic echo
     factor, for the pool scaler)."""
     tc: TrainConfig = config["train"]
@@ -387,6 +402,8 @@ def train_loop_per_worker(config: dict) -> None:
             _say(f"last epoch: {got_text}; the stream ended there (records skipped as bad, "
                  "or rows left over by the equal split across ranks)")
         train_wall = time.perf_counter() - epoch_start
+        if monitor is not None and config.get("bad_limit") is not None:
+            _check_bad_records(monitor, config["bad_limit"], epoch, rank, device)
         if step.steps:
             monitor.add_steps.remote(rank, step.steps)
             step.steps = []

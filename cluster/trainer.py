@@ -17,7 +17,8 @@ from cluster.scaler import ScalerConfig, pool_actor_bounds, start_scaler
 from cluster.timeline import write_timeline
 from cluster.train_loop import train_loop_per_worker
 from pipelines import PipelineConfig, ShardPlan, build_dataset, plan_source
-from pipelines.storage import resolve
+from pipelines.badrecords import BadDataError, BadRecordLimit
+from pipelines.storage import StorageError, resolve
 
 __all__ = ["RunSummary", "build_trainer", "run_training", "run_label"]
 
@@ -53,7 +54,9 @@ class RunSummary:
     echoed_examples: int
     """Reuses of examples by data echoing (0 without echoing)."""
     bad_examples: int
-    """Records skipped as undecodable (training and validation), by kind in `bad_by_kind`."""
+    """Records skipped as bad (training and validation, every epoch), by kind in
+    `bad_by_kind`: zero_bytes, not_an_image, truncated, too_large, undecodable, bad_label,
+    unreadable_shard (rows of a shard part that could not be read)."""
     bad_by_kind: dict
     timeline: str | None = None
     """Directory holding timeline.json and timeline.png, when asked for."""
@@ -75,6 +78,12 @@ class RunSummary:
     first_read_at: float | None = None
     """Epoch seconds when the pool started its first training block; with each history
     entry's `at`, the wall-clock from the first data read to that validation."""
+    bad_shards: dict = dataclasses.field(default_factory=dict)
+    """Shards with the most bad records (up to 10) and their counts."""
+    bad_sample_keys: list = dataclasses.field(default_factory=list)
+    """Keys of a few bad records (a shard's URL for an unreadable shard)."""
+    unreadable_shards: list = dataclasses.field(default_factory=list)
+    """Shards skipped at planning because they cannot be read (rows unknown), with why."""
     pool_decisions: list = dataclasses.field(default_factory=list)
     """With a pool policy: every decision (t_s, action, target_nodes, ready, pending, stall,
     echo, reason)."""
@@ -91,9 +100,19 @@ def _num_classes(tc: TrainConfig, plan: ShardPlan) -> int:
             f"cannot tell the number of classes of {plan.url} (no label statistics): pass "
             "--num-classes")
     low, high = plan.label_range
-    if low < 0:
-        raise ValueError(f"labels of {plan.url} go down to {low}; labels must be >= 0")
-    return int(high) + 1
+    if high < 0:
+        raise ValueError(f"every label of {plan.url} is negative ({low}..{high}); labels are "
+                         "classes 0..N-1")
+    return int(high) + 1  # negative labels are skipped and counted as bad_label
+
+
+def _with_classes(pipeline: PipelineConfig | None, num_classes: int) -> PipelineConfig | None:
+    """The pipeline, told the model's number of classes: a label outside them is a bad record
+    (the loss would fail on it)."""
+    if pipeline is None or pipeline.source.num_classes == num_classes:
+        return pipeline
+    return dataclasses.replace(pipeline, source=dataclasses.replace(
+        pipeline.source, num_classes=num_classes))
 
 
 def _run_config(tc: TrainConfig, pipeline: PipelineConfig) -> ray.train.RunConfig:
@@ -130,6 +149,8 @@ def build_trainer(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig
     run = run or run_label(tc)
     if pipeline.epochs != tc.epochs:
         pipeline = dataclasses.replace(pipeline, epochs=tc.epochs)
+    num_classes = _num_classes(tc, plan)
+    pipeline, val = _with_classes(pipeline, num_classes), _with_classes(val, num_classes)
     auto = echo_control if pipeline.echo.auto else None
     rates = echo_control if pipeline.echo.auto or report_rates else None
     source = (ControllerFactor(auto, pipeline.echo.factor)
@@ -142,7 +163,7 @@ def build_trainer(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig
         train_loop_config={
             "train": tc,
             "rows_per_epoch": plan.num_rows,
-            "num_classes": _num_classes(tc, plan),
+            "num_classes": num_classes,
             "image_size": pipeline.preprocess.image_size,
             "val": val,
             "val_plan": val_plan,
@@ -152,6 +173,8 @@ def build_trainer(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig
             "echo": pipeline.echo,
             "echo_control": echo_control,
             "report_rates": report_rates,
+            "bad_limit": BadRecordLimit(plan.url, plan.num_rows,
+                                        pipeline.source.max_bad_fraction),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources),
@@ -161,6 +184,35 @@ def build_trainer(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig
                                          factor_source=source)},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
+
+
+_USER_ERRORS = ((BadDataError, "BadDataError: "), (StorageError, "StorageError: "))
+
+
+def _user_error(error: BaseException) -> Exception | None:
+    """The BadDataError or StorageError a trainer or a pool actor stopped the run with, if
+    that is why it failed. Ray wraps it (WorkerGroupError -> the rank's error -> Ray Data's
+    -> the actor task's) and shortens the outer messages, so the whole chain is searched."""
+    for err in _causes(error):
+        # Ray's task errors subclass the user's exception type, with the traceback as text.
+        for kind, marker in _USER_ERRORS:
+            for line in str(err).splitlines():
+                if marker in line:
+                    return kind(line.split(marker, 1)[1].strip())
+    return None
+
+
+def _causes(error: BaseException):
+    seen, stack = set(), [error]
+    while stack:
+        err = stack.pop(0)
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        yield err
+        stack.extend([err.__cause__, err.__context__, getattr(err, "cause", None),
+                      getattr(err, "controller_failure", None),
+                      *getattr(err, "worker_failures", {}).values()])
 
 
 def run_training(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig | None,
@@ -196,12 +248,19 @@ def run_training(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig 
         trainer = build_trainer(tc, pipeline, val, plan, val_plan, run=run, monitor=monitor,
                                 timeline=timeline_dir is not None, echo_control=echo_control,
                                 report_rates=scaling is not None)
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except Exception as e:
+            user = _user_error(e)
+            if user is None:
+                raise
+            raise user from None
         if scaler is not None:
             ray.get(scaler.stop.remote())
             decisions = ray.get(scaler.decisions.remote())
         wall = time.perf_counter() - start
         bad = ray.get(monitor.bad_records.remote())
+        bad_shards, bad_keys = ray.get(monitor.bad_detail.remote())
         first_read = ray.get(monitor.first_read_at.remote())
         echo_changes = ray.get(echo_control.history.remote())
         if timeline_dir is not None and result.error is None:
@@ -212,7 +271,7 @@ def run_training(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig 
         ray.kill(monitor)
         ray.kill(echo_control)
     if result.error is not None:
-        raise result.error
+        raise _user_error(result.error) or result.error
     m = result.metrics
     if not m:
         raise RuntimeError("training finished without reporting metrics")
@@ -246,6 +305,9 @@ def run_training(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig 
         history=m.get("history", []),
         first_read_at=first_read,
         pool_decisions=decisions,
+        bad_shards=bad_shards,
+        bad_sample_keys=bad_keys,
+        unreadable_shards=[list(u) for p in (plan, val_plan) if p for u in p.unreadable],
         reached_target=(None if tc.target_accuracy is None else
                         m["val_accuracy"] is not None and m["val_accuracy"] >= tc.target_accuracy),
     )

@@ -32,6 +32,7 @@ from pipelines import (  # noqa: E402
     StorageError,
     plan_source,
 )
+from pipelines.badrecords import BadDataError  # noqa: E402
 from pipelines.config import ECHO_MODES  # noqa: E402
 
 
@@ -50,6 +51,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d.add_argument("--format", choices=["auto", "parquet", "folder"], default="auto",
                    help="shard kind")
     d.add_argument("--no-val", action="store_true", help="skip validation (no val/ split)")
+    d.add_argument("--max-bad-fraction", type=float, default=0.001,
+                   help="share of an epoch's records that may be bad (undecodable image, "
+                        "label not a class, unreadable shard) and skipped; above it the run "
+                        "stops naming the shard and the count")
+    d.add_argument("--storage-deadline-s", type=float, default=300.0,
+                   help="seconds reads keep retrying (with backoff) while the object store is "
+                        "down before the run stops")
     pre = p.add_argument_group("preprocessing (the dedicated CPU pool)")
     pre.add_argument("--recipe", choices=["imagenet", "small"], default="imagenet",
                      help="augmentation recipe: imagenet, or small for tiny images like digits")
@@ -182,16 +190,21 @@ def scaling_config(args: argparse.Namespace):
 
 
 def configs(args: argparse.Namespace) -> tuple[TrainConfig, PipelineConfig, PipelineConfig | None]:
-    storage = StorageConfig(endpoint=args.endpoint, region=args.region)
+    storage = StorageConfig(endpoint=args.endpoint, region=args.region,
+                            outage_deadline_s=args.storage_deadline_s)
     root = args.data.rstrip("/")
     pre = PreprocessConfig(recipe=args.recipe, image_size=args.image_size,
                            pool_resource=args.pool_resource, min_actors=args.pool_min,
                            max_actors=args.pool_max, actor_start_timeout_s=args.pool_wait_s)
     train = PipelineConfig(
-        source=SourceConfig(url=f"{root}/train", storage=storage, format=args.format),
+        source=SourceConfig(url=f"{root}/train", storage=storage, format=args.format,
+                            max_bad_fraction=args.max_bad_fraction,
+                            num_classes=args.num_classes),
         preprocess=pre, epochs=args.epochs, seed=args.seed, echo=echo_config(args))
     val = None if args.no_val else PipelineConfig(
-        source=SourceConfig(url=f"{root}/val", storage=storage, format=args.format),
+        source=SourceConfig(url=f"{root}/val", storage=storage, format=args.format,
+                            max_bad_fraction=args.max_bad_fraction,
+                            num_classes=args.num_classes),
         preprocess=pre, train=False, shuffle=False)
     tc = TrainConfig(
         model=args.model, num_classes=args.num_classes, epochs=args.epochs,
@@ -219,6 +232,11 @@ def print_summary(s) -> None:
           f"{s.bad_examples} bad records skipped"
           + (f" ({', '.join(f'{k} {v}' for k, v in sorted(s.bad_by_kind.items()))})"
              if s.bad_examples else ""))
+    if s.bad_examples:
+        worst = ", ".join(f"{k} ({v})" for k, v in list(s.bad_shards.items())[:3])
+        print(f"  bad records in       {worst}; sample keys: {', '.join(s.bad_sample_keys)}")
+    for _shard, why in s.unreadable_shards:
+        print(f"  unreadable shard     {why}")
     if s.echo_mode:
         print(f"  data echoing         {s.echo_mode}, x{s.echo_factor:.2f} over the run"
               + (f" (auto: {len(s.echo_changes) - 1} changes, last "
@@ -249,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         # Plan before touching Ray: a wrong bucket, prefix, credential or schema fails in seconds.
         plan = plan_source(train.source)
         val_plan = plan_source(val.source) if val else None
-    except (StorageError, SchemaError, ValueError) as e:
+    except (StorageError, SchemaError, BadDataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"data: {plan.num_rows} train rows in {plan.num_shards} {plan.format} shards"
@@ -263,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = run_training(tc, train, val, plan, val_plan, started=started,
                                timeline_dir=args.timeline, scaling=scaling_config(args))
-    except (StorageError, SchemaError, ValueError) as e:
+    except (StorageError, SchemaError, BadDataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print_summary(summary)

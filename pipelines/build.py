@@ -24,13 +24,23 @@ import numpy as np
 import ray
 
 from pipelines.augment import apply_batch, build_transform, decode_side
+from pipelines.badrecords import BadRecordLimit, BadRecords, label_problems
 from pipelines.config import PipelineConfig
-from pipelines.decode import DecodeStats, decode_many
+from pipelines.decode import decode_many
 from pipelines.echo import FactorSource, FixedFactor, ShuffleBuffer, copy_counts, repeat_rows
 from pipelines.index import SEQ, UnitIndex
 from pipelines.observe import BlockObserver, BlockSpan
-from pipelines.sources import IMAGE, KEY, LABEL, ShardPlan, WorkUnit, plan_source, read_unit
-from pipelines.storage import resolve
+from pipelines.sources import (
+    IMAGE,
+    KEY,
+    LABEL,
+    ShardPlan,
+    WorkUnit,
+    is_unreadable,
+    plan_source,
+    read_unit,
+)
+from pipelines.storage import explain, resolve, retry_transient
 
 __all__ = ["build_dataset", "Preprocessor", "unit_order", "MAX_INDEX_TASKS"]
 
@@ -65,10 +75,13 @@ class Preprocessor:
             torch.set_num_threads(1)
         self.config, self.units = config, units
         p = config.preprocess
-        self.fs = resolve(config.source.url, config.source.storage).fs
+        self.loc = resolve(config.source.url, config.source.storage)
+        self.fs = self.loc.fs
         self.transform = build_transform(p.recipe, p.image_size, config.train)
         self.min_side = decode_side(p.recipe, p.image_size, config.train)
-        self.stats = DecodeStats()
+        self.stats = BadRecords()
+        self.limit = BadRecordLimit(config.source.url, sum(u.num_rows for u in units),
+                                    config.source.max_bad_fraction)
         self.footers: dict = {}  # Parquet footers by path: each shard's is read once
         self.observer = observer
         echo = config.echo
@@ -86,6 +99,29 @@ class Preprocessor:
             self._order = unit_order(n, epoch, self.config.seed, self.config.shuffle)
         index = int(self._order[pos])
         return epoch, index, self.units[index]
+
+    def _shard(self, unit: WorkUnit) -> str:
+        """The shard of a Parquet unit as the user knows it (image-folder rows: "", each file
+        is its own shard and named by its key)."""
+        if not unit.path:
+            return ""
+        return f"s3://{unit.path}" if self.fs.type_name == "s3" else unit.path
+
+    def _read(self, unit: WorkUnit, epoch: int) -> dict[str, np.ndarray] | None:
+        """The unit's rows; retried while the store is down (up to the storage deadline, then
+        a StorageError stops the run); None, with its rows counted as bad, when the shard
+        cannot be read."""
+        shard = self._shard(unit) or f"{len(unit.files)} image files"
+        try:
+            return retry_transient(lambda: read_unit(unit, self.fs, footers=self.footers),
+                                   shard, self.loc, self.config.source.storage.outage_deadline_s)
+        except Exception as e:
+            if not is_unreadable(e):
+                raise explain(e, self.loc) if isinstance(e, OSError) else e from None
+            self.footers.pop(unit.path, None)
+            self.stats.add_bad("unreadable_shard", shard, shard, epoch, count=unit.num_rows,
+                               why=str(e).strip().splitlines()[0] if str(e).strip() else "")
+            return None
 
     def _augment(self, arrays: list[np.ndarray], labels: np.ndarray, keys: np.ndarray,
                  rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -113,9 +149,14 @@ class Preprocessor:
                   if self.echo is not None and len(seqs) else None)
         report = _Reporter(self.observer, self.stats)
         epoch = 0
+        num_classes = cfg.source.num_classes
         for seq in seqs:
             epoch, index, unit = self._unit(int(seq))
-            rows = read_unit(unit, self.fs, footers=self.footers)
+            rows = self._read(unit, epoch)
+            if rows is None:
+                self.stats.check(epoch, self.limit)
+                continue
+            shard = self._shard(unit)
             n = len(rows[LABEL])
             order = np.arange(n)
             if cfg.shuffle:
@@ -128,8 +169,15 @@ class Preprocessor:
             echo_rng = np.random.default_rng([cfg.seed, epoch, index, 2])
             for start in range(0, n, p.output_rows):
                 take = order[start : start + p.output_rows]
+                bad_label = label_problems(rows[LABEL][take], num_classes)
+                for i in np.flatnonzero(bad_label):
+                    self.stats.add_bad("bad_label", str(rows[KEY][take[i]]), shard, epoch,
+                                       why=f"label {rows[LABEL][take[i]]} is not a class"
+                                       + (f" of 0..{num_classes - 1}" if num_classes else ""))
+                take = take[~bad_label]
                 keys = rows[KEY][take]
-                arrays, kept = decode_many(rows[IMAGE][take], keys, self.stats, self.min_side)
+                arrays, kept = decode_many(rows[IMAGE][take], keys, self.stats, self.min_side,
+                                           shard, epoch)
                 report.fresh += len(kept)
                 if not kept:
                     continue
@@ -138,6 +186,7 @@ class Preprocessor:
                     report.block(len(out[LABEL]), epoch)
                     yield out
                     report.restart()  # the block was taken: the next one's work starts now
+            self.stats.check(epoch, self.limit)
         for out in (buffer.flush() if buffer is not None else ()):
             report.block(len(out[LABEL]), epoch)
             yield out
@@ -145,24 +194,34 @@ class Preprocessor:
         report.rest(epoch)
 
 
+def _delta(now: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in now.items() if v != before.get(k, 0)}
+
+
 class _Reporter:
     """Hands the observer one BlockSpan per block out: the work since the previous block was
     taken, the fresh examples read and the bad records skipped in it."""
 
-    def __init__(self, observer: BlockObserver | None, stats: DecodeStats):
+    def __init__(self, observer: BlockObserver | None, stats: BadRecords):
         self.observer, self.stats = observer, stats
         self.fresh = 0
-        self._bad = dict(stats.bad)
+        self._mark()
         self._started = time.time()
+
+    def _mark(self) -> None:
+        self._bad, self._shards = dict(self.stats.bad), dict(self.stats.by_shard)
+        self._keys = len(self.stats.sample_keys)
 
     def block(self, images: int, epoch: int) -> None:
         if self.observer is not None:
-            bad = {k: v - self._bad.get(k, 0) for k, v in self.stats.bad.items()
-                   if v != self._bad.get(k, 0)}
+            bad = _delta(self.stats.bad, self._bad)
+            shards = _delta(self.stats.by_shard, self._shards) if bad else {}
+            keys = tuple(self.stats.sample_keys[self._keys:])
             self.observer.on_block(BlockSpan(self._started, time.time(), images, epoch, bad,
-                                             fresh=self.fresh))
+                                             fresh=self.fresh, bad_shards=shards,
+                                             bad_keys=keys))
         self.fresh = 0
-        self._bad = dict(self.stats.bad)
+        self._mark()
 
     def restart(self) -> None:
         self._started = time.time()

@@ -30,6 +30,13 @@ class StorageConfig:
     """Seconds one request may take."""
     max_attempts: int = 3
     """Attempts per request (pyarrow's AWS standard retry strategy, with backoff)."""
+    outage_deadline_s: float = 300.0
+    """How long reads of training data keep retrying (with backoff) while the object store is
+    unreachable or failing before the run stops with an error naming the endpoint."""
+
+    def __post_init__(self) -> None:
+        if self.outage_deadline_s < 0:
+            raise ValueError(f"outage_deadline_s must be >= 0, got {self.outage_deadline_s}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,6 +52,16 @@ class SourceConfig:
     rows_per_unit: int = 256
     """Target rows per work unit handed to one preprocessing call (row groups are grouped up
     to this size; image files are grouped in this many)."""
+    max_bad_fraction: float = 0.001
+    """Share of an epoch's rows that may be bad (undecodable image, label not a class, shard
+    that cannot be read) and skipped; past it the run stops naming the shard and the count."""
+    num_classes: int | None = None
+    """Declared number of classes: labels outside [0, num_classes) are bad records. None checks
+    only that labels are >= 0."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import io
-import logging
-from collections import Counter
-from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["decode_image", "DecodeStats", "decode_many"]
+from pipelines.badrecords import BadRecords
 
-log = logging.getLogger(__name__)
-_SAMPLE_KEYS = 5
+__all__ = ["decode_image", "decode_many"]
+
 
 
 def decode_image(data: bytes, min_side: int | None = None) -> np.ndarray:
@@ -23,6 +20,8 @@ def decode_image(data: bytes, min_side: int | None = None) -> np.ndarray:
     side is still >= `min_side` (PIL draft mode): the bytes a crop of that size needs, at a
     fraction of the cost. EXIF orientation is applied so rotated photos come out upright.
     """
+    if data is None:
+        raise ValueError("image file could not be read")
     if not data:
         raise ValueError("zero-byte image")
     img = Image.open(io.BytesIO(data))
@@ -59,23 +58,9 @@ def _wide_gray_to_rgb(img: Image.Image) -> np.ndarray:
     return np.repeat(gray[..., None], 3, axis=2)
 
 
-@dataclass
-class DecodeStats:
-    """Counts of good and bad records seen by one decoder."""
-
-    ok: int = 0
-    bad: Counter = field(default_factory=Counter)
-    """Bad records by kind (zero_bytes, not_an_image, truncated, too_large, undecodable)."""
-    sample_keys: list[str] = field(default_factory=list)
-    """A few keys of bad records, for the log and the summary."""
-
-    def add_bad(self, kind: str, key: str) -> None:
-        self.bad[kind] += 1
-        if len(self.sample_keys) < _SAMPLE_KEYS:
-            self.sample_keys.append(key)
-
-
-def _kind(err: Exception, data: bytes) -> str:
+def _kind(err: Exception, data: bytes | None) -> str:
+    if data is None:  # the reader could not fetch this file (see sources.read_unit)
+        return "unreadable_shard"
     if not data:
         return "zero_bytes"
     if isinstance(err, UnidentifiedImageError):
@@ -88,17 +73,17 @@ def _kind(err: Exception, data: bytes) -> str:
 
 
 def decode_many(
-    images, keys, stats: DecodeStats, min_side: int | None = None
+    images, keys, stats: BadRecords, min_side: int | None = None, shard: str = "",
+    epoch: int = 0,
 ) -> tuple[list[np.ndarray], list[int]]:
-    """Decode a batch; returns the arrays and the indices of the rows that decoded."""
+    """Decode a batch; returns the arrays and the indices of the rows that decoded. The others
+    are counted in `stats` (as records of `shard`, in `epoch`)."""
     out, kept = [], []
     for i, (data, key) in enumerate(zip(images, keys, strict=True)):
         try:
             arr = decode_image(data, min_side)
         except Exception as e:  # noqa: BLE001 - any decoder failure is a bad record
-            kind = _kind(e, data)
-            stats.add_bad(kind, str(key))
-            log.warning("skipping bad record %s (%s): %s", key, kind, e)
+            stats.add_bad(_kind(e, data), str(key), shard, epoch, why=str(e))
             continue
         out.append(arr)
         kept.append(i)

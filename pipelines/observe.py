@@ -26,6 +26,10 @@ class BlockSpan:
     epoch: int
     bad: dict[str, int] = field(default_factory=dict)
     fresh: int = 0
+    bad_shards: dict[str, int] = field(default_factory=dict)
+    """The same bad records by shard."""
+    bad_keys: tuple[str, ...] = ()
+    """Keys of some of them (the process's first few bad records only)."""
 
 
 class BlockObserver(Protocol):

@@ -16,6 +16,7 @@ seconds, as one clear line, instead of deep inside a Ray task.
 
 from __future__ import annotations
 
+import logging
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,8 +26,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from pipelines.badrecords import BadRecordLimit
 from pipelines.config import SourceConfig
-from pipelines.storage import Location, StorageError, explain, resolve
+from pipelines.storage import Location, StorageError, explain, is_denied, is_transient, resolve
 
 __all__ = [
     "IMAGE",
@@ -38,7 +40,10 @@ __all__ = [
     "ShardPlan",
     "plan_source",
     "read_unit",
+    "is_unreadable",
 ]
+
+log = logging.getLogger(__name__)
 
 IMAGE, LABEL, KEY = "image", "label", "key"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -79,6 +84,17 @@ class ShardPlan:
     """Folder names in label order (image folders only)."""
     label_range: tuple[int, int] | None = None
     """Smallest and largest label, from Parquet statistics or folder names; None if unknown."""
+    unreadable: tuple[tuple[str, str], ...] = ()
+    """Shards skipped at planning because they cannot be read, with the reason (their rows are
+    unknown: they are not in `num_rows`)."""
+
+
+def is_unreadable(err: BaseException) -> bool:
+    """Whether `err`, raised reading a shard, means that shard cannot be read (not Parquet,
+    corrupt, gone), as opposed to the store being down or refusing us."""
+    if isinstance(err, pa.ArrowInvalid | pa.ArrowNotImplementedError):
+        return True
+    return isinstance(err, OSError) and not is_transient(err) and not is_denied(err)
 
 
 def _list(loc: Location) -> list[pafs.FileInfo]:
@@ -122,10 +138,10 @@ def _parquet_units(loc: Location, files: list[pafs.FileInfo], rows_per_unit: int
         try:
             with loc.fs.open_input_file(info.path) as f:
                 meta = pq.ParquetFile(f).metadata
-        except (OSError, StorageError) as e:
+        except (OSError, pa.ArrowException) as e:
+            if is_unreadable(e):  # skipped and counted; the limit is checked on the whole plan
+                return info.path, None, f"{shown}: {str(e).strip().splitlines()[0]}"
             raise explain(e, loc) from None
-        except pa.ArrowInvalid as e:
-            raise SchemaError(f"shard {shown} is not a readable Parquet file: {e}") from None
         schema = meta.schema.to_arrow_schema()
         _check_schema(shown, schema)
         groups = [meta.row_group(i) for i in range(meta.num_row_groups)]
@@ -138,6 +154,9 @@ def _parquet_units(loc: Location, files: list[pafs.FileInfo], rows_per_unit: int
 
     with ThreadPoolExecutor(_LISTING_THREADS) as pool:
         footers = list(pool.map(footer, files))
+    unreadable = tuple((f"{loc.url}/{posixpath.relpath(path, loc.path)}", why)
+                       for path, groups, why in footers if groups is None)
+    footers = [f for f in footers if f[1] is not None]
     units: list[WorkUnit] = []
     ranges = [b for _, _, b in footers]
     label_range = None
@@ -152,7 +171,7 @@ def _parquet_units(loc: Location, files: list[pafs.FileInfo], rows_per_unit: int
                     units.append(WorkUnit(path=path, row_groups=tuple(range(start, i + 1)),
                                           num_rows=rows))
                 start, rows = i + 1, 0
-    return units, label_range
+    return units, label_range, unreadable
 
 
 def _folder_units(loc: Location, files: list[pafs.FileInfo], rows_per_unit: int):
@@ -181,8 +200,9 @@ def plan_source(cfg: SourceConfig) -> ShardPlan:
     parquet = [f for f in files if f.path.endswith(".parquet")]
     fmt = cfg.format if cfg.format != "auto" else ("parquet" if parquet else "folder")
     classes: tuple[str, ...] = ()
+    unreadable: tuple[tuple[str, str], ...] = ()
     if fmt == "parquet":
-        units, label_range = _parquet_units(loc, parquet, cfg.rows_per_unit)
+        units, label_range, unreadable = _parquet_units(loc, parquet, cfg.rows_per_unit)
         shards = len(parquet)
     else:
         units, classes, label_range = _folder_units(loc, files, cfg.rows_per_unit)
@@ -194,7 +214,24 @@ def plan_source(cfg: SourceConfig) -> ShardPlan:
             f"no {what} with data under {loc.url} at {loc.endpoint}: check --data (expected "
             f"{loc.url}/*.parquet or {loc.url}/<label>/<name>.jpg)"
         )
-    return ShardPlan(loc.url, fmt, tuple(units), num_rows, shards, classes, label_range)
+    if unreadable:
+        _check_unreadable(loc.url, unreadable, num_rows, shards - len(unreadable),
+                          cfg.max_bad_fraction)
+    return ShardPlan(loc.url, fmt, tuple(units), num_rows, shards, classes, label_range,
+                     unreadable)
+
+
+def _check_unreadable(url: str, unreadable: tuple[tuple[str, str], ...], num_rows: int,
+                      readable: int, max_fraction: float) -> None:
+    """Shards that cannot be read are skipped; their rows, estimated from the readable shards'
+    average, count against the bad-record limit like any bad record."""
+    lost = round(len(unreadable) * num_rows / max(1, readable))
+    for _shard, why in unreadable:
+        log.warning("skipping unreadable shard %s (about %d rows)", why, lost // len(unreadable))
+    limit = BadRecordLimit(url, num_rows + lost, max_fraction)
+    limit.check(0, lost, {"unreadable_shard": lost},
+                {shard: lost // len(unreadable) for shard, _ in unreadable},
+                [shard for shard, _ in unreadable][:5])
 
 
 def read_unit(
@@ -215,7 +252,9 @@ def read_unit(
             cols = [IMAGE, LABEL] + ([KEY] if KEY in pf.schema_arrow.names else [])
             table = pf.read_row_groups(list(unit.row_groups), columns=cols)
         images = np.asarray(table.column(IMAGE).to_pylist(), dtype=object)
-        labels = table.column(LABEL).to_numpy(zero_copy_only=False).astype(np.int64)
+        # A missing label reads as -1: not a class, so it is counted as a bad label.
+        labels = table.column(LABEL).fill_null(-1).to_numpy(zero_copy_only=False)
+        labels = labels.astype(np.int64)
         if KEY in table.column_names:
             keys = np.asarray(table.column(KEY).to_pylist(), dtype=object)
         else:
@@ -226,9 +265,14 @@ def read_unit(
             )
         return {IMAGE: images, LABEL: labels, KEY: keys}
 
-    def fetch(path: str) -> bytes:
-        with fs.open_input_stream(path) as f:
-            return f.read()
+    def fetch(path: str) -> bytes | None:
+        try:
+            with fs.open_input_stream(path) as f:
+                return f.read()
+        except OSError as e:
+            if is_unreadable(e):  # this one file: None, counted as unreadable by the decoder
+                return None
+            raise  # the store being down: the whole unit is retried
 
     with ThreadPoolExecutor(min(io_threads, len(unit.files))) as pool:
         blobs = list(pool.map(fetch, unit.files))

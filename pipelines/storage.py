@@ -4,8 +4,11 @@ they are never part of a config, a URL we print, or a pickled object."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -14,8 +17,11 @@ import pyarrow.fs as pafs
 from pipelines.config import StorageConfig
 
 __all__ = [
-    "StorageError", "Location", "resolve", "filesystem", "has_credentials", "explain", "redact_url"
+    "StorageError", "Location", "resolve", "filesystem", "has_credentials", "explain",
+    "redact_url", "is_denied", "is_transient", "retry_transient",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class StorageError(RuntimeError):
@@ -123,6 +129,60 @@ def resolve(url: str, cfg: StorageConfig | None = None) -> Location:
 _DENIED = re.compile(r"ACCESS_DENIED|SIGNATURE_DOES_NOT_MATCH|INVALID_ACCESS_KEY|403", re.I)
 _NETWORK = re.compile(r"NETWORK_CONNECTION|Could not connect|curlCode|timed out|timeout", re.I)
 _NO_BUCKET = re.compile(r"NO_SUCH_BUCKET|Bucket '.*' not found", re.I)
+# Server-side failures a retry can cure (S3 says so of 500 and 503: InternalError, SlowDown,
+# ServiceUnavailable), besides the network ones.
+_SERVER = re.compile(r"INTERNAL_FAILURE|SERVICE_UNAVAILABLE|SLOW_DOWN|THROTTLING|"
+                     r"InternalError|ServiceUnavailable|SlowDown|HTTP response code: 5\d\d", re.I)
+
+
+def is_denied(err: BaseException) -> bool:
+    """Whether `err` is the store refusing our credentials."""
+    return bool(_DENIED.search(str(err)))
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether `err` (from pyarrow's S3 filesystem) is the store being down or overloaded,
+    which waiting can cure, rather than a wrong path, bad credentials or bad data."""
+    if not isinstance(err, OSError | StorageError):
+        return False
+    text = str(err)
+    return bool(_NETWORK.search(text) or _SERVER.search(text)) and not _DENIED.search(text)
+
+
+def retry_transient(fn: Callable[[], object], what: str, loc: Location, deadline_s: float, *,
+                    first_wait_s: float = 0.5, max_wait_s: float = 10.0,
+                    sleep: Callable[[float], None] = time.sleep,
+                    clock: Callable[[], float] = time.monotonic):
+    """`fn()`, retried with exponential backoff while it fails with a transient storage error,
+    for up to `deadline_s` after the first failure; then a StorageError naming the endpoint,
+    `what` was being read and for how long. Other errors pass through at once."""
+    wait, failed_at = first_wait_s, None
+    while True:
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - classified below, re-raised when not ours
+            if not is_transient(e):
+                raise
+            now = clock()
+            failed_at = now if failed_at is None else failed_at
+            down = now - failed_at
+            if down >= deadline_s:
+                raise StorageError(
+                    f"the object store at {loc.endpoint} has been unreachable or failing for "
+                    f"{down:.0f} s (deadline {deadline_s:g} s) while reading {what}: "
+                    f"{_first_line(e)}. Is it running? Raise --storage-deadline-s to wait "
+                    "longer") from None
+            pause = min(wait, max_wait_s, deadline_s - down)
+            log.warning("object store at %s unreachable or failing while reading %s (%s); "
+                        "retrying in %.1f s, for up to %.0f s more", loc.endpoint, what,
+                        _first_line(e), pause, deadline_s - down)
+            sleep(pause)
+            wait *= 2
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def explain(err: BaseException, loc: Location) -> StorageError:
@@ -144,5 +204,4 @@ def explain(err: BaseException, loc: Location) -> StorageError:
         return StorageError(
             f"bucket {loc.bucket!r} not found at {loc.endpoint}: create it or fix --data"
         )
-    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-    return StorageError(f"reading {loc.url} at {loc.endpoint} failed: {first}")
+    return StorageError(f"reading {loc.url} at {loc.endpoint} failed: {_first_line(err)}")

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.decode import DecodeStats, decode_image, decode_many
+from pipelines.badrecords import BadRecords
+from pipelines.decode import decode_image, decode_many
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -43,7 +44,7 @@ def test_exif_rotation_is_applied():
 def test_bad_records_are_skipped_and_counted_by_kind():
     good = encode(Image.new("RGB", (10, 10)), "PNG")
     truncated = encode(Image.new("RGB", (64, 64), (9, 9, 9)), "JPEG")[:200]
-    stats = DecodeStats()
+    stats = BadRecords()
     arrays, kept = decode_many([good, b"", b"not an image", truncated, good],
                                ["a", "b", "c", "d", "e"], stats)
     assert kept == [0, 4] and len(arrays) == 2

@@ -124,10 +124,11 @@ def observed_run(ray_cluster, object_store, prometheus_bin, tmp_path_factory):
 
     url = write_digits(f"s3://{object_store.bucket}/observed", bad_train=3, bad_val=3).url
     pre = PreprocessConfig(recipe="small", image_size=8, min_actors=1, max_actors=2)
-    train = PipelineConfig(source=SourceConfig(url=f"{url}/train"), preprocess=pre,
-                           echo=EchoConfig(factor=1.5))
-    val = PipelineConfig(source=SourceConfig(url=f"{url}/val"), preprocess=pre, train=False,
-                         shuffle=False)
+    # 3 bad records of 360 validation rows: above the default 0.1%, within 1%
+    train = PipelineConfig(source=SourceConfig(url=f"{url}/train", max_bad_fraction=0.01),
+                           preprocess=pre, echo=EchoConfig(factor=1.5))
+    val = PipelineConfig(source=SourceConfig(url=f"{url}/val", max_bad_fraction=0.01),
+                         preprocess=pre, train=False, shuffle=False)
     tc = TrainConfig(epochs=2, batch_size=32, lr=0.05, num_workers=2, cpus_per_worker=1,
                      run_name="observed", storage_path=str(tmp_path_factory.mktemp("results")))
     timeline = tmp_path_factory.mktemp("timeline")
@@ -202,7 +203,7 @@ def test_pool_scaler_decided_and_prometheus_saw_it(observed_run):
 
 @pytest.mark.ray
 @pytest.mark.services
-def test_run_summary_carries_the_totals(observed_run):
+def test_run_summary_carries_the_totals(observed_run, object_store):
     s = observed_run["summary"]
     # 1,434 good training rows per epoch: every one is trained on once as a fresh example
     # (the equal split across 2 ranks may leave out the last odd row).
@@ -214,6 +215,11 @@ def test_run_summary_carries_the_totals(observed_run):
     assert s.history[-1]["run_fresh"] == s.fresh_examples
     assert s.bad_examples == 2 * 3 + 2 * 3  # 3 bad records per split, read in each of 2 epochs
     assert set(s.bad_by_kind) == {"zero_bytes", "not_an_image", "truncated"}
+    # where they are: the first shard of each split, and a sample of their keys
+    assert set(s.bad_shards) == {f"s3://{object_store.bucket}/observed/{split}/part-00000.parquet"
+                                 for split in ("train", "val")}
+    assert sum(s.bad_shards.values()) == s.bad_examples
+    assert s.bad_sample_keys and all(k.startswith("digits/") for k in s.bad_sample_keys)
     assert s.data_wait_s > 0 and s.compute_s > 0 and s.h2d_s >= 0
     assert s.data_wait_fraction == pytest.approx(
         s.data_wait_s / (s.data_wait_s + s.h2d_s + s.compute_s), rel=1e-6)

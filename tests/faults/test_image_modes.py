@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from pipelines.augment import apply_batch, build_transform, decode_side
-from pipelines.decode import DecodeStats, decode_image, decode_many
+from pipelines.badrecords import BadRecords
+from pipelines.decode import decode_image, decode_many
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -102,7 +103,7 @@ def test_decompression_bombs_are_counted_not_decoded(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 2x this raises in PIL
     good = encode(Image.new("RGB", (10, 10)), "PNG")
     bomb = encode(Image.new("RGB", (100, 100)), "PNG")
-    stats = DecodeStats()
+    stats = BadRecords()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         _, kept = decode_many([good, bomb], ["ok", "bomb"], stats)
