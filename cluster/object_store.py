@@ -87,6 +87,7 @@ class EmbeddedObjectStore:
     secret_key: str = field(default_factory=lambda: secrets.token_hex(20), repr=False)
     s3_port: int = 0
     _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
+    _ports: dict[str, int] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def endpoint(self) -> str:
@@ -106,9 +107,12 @@ class EmbeddedObjectStore:
                 "AWS_ENDPOINT_URL": self.endpoint, "AWS_REGION": "us-east-1"}
 
     def start(self, timeout_s: float = 90.0) -> EmbeddedObjectStore:
+        """Start the server; after a stop(), again on the same ports and data (a restart)."""
         os.makedirs(self.data_dir, exist_ok=True)
-        taken: set[int] = set()
-        ports = {flag: free_port(taken, grpc_offset=True) for flag in _PORT_FLAGS}
+        if not self._ports:
+            taken: set[int] = set()
+            self._ports = {flag: free_port(taken, grpc_offset=True) for flag in _PORT_FLAGS}
+        ports = self._ports
         self.s3_port = ports["s3.port"]
         check_disk(self.data_dir)
         # A fixed number of small volumes (files grow as written, nothing is preallocated):

@@ -57,3 +57,65 @@ def test_pipeline_config_validates_its_bounds():
         PipelineConfig(source=src, epochs=0)
     with pytest.raises(ValueError, match="actor pool bounds"):
         PipelineConfig(source=src, preprocess=PreprocessConfig(min_actors=3, max_actors=2))
+
+
+def _flaky(failures: int, error: Exception):
+    calls = []
+
+    def fn():
+        calls.append(1)
+        if len(calls) <= failures:
+            raise error
+        return "data"
+    return fn, calls
+
+
+DOWN = OSError("When reading information for key 'k' in bucket 'b': AWS Error NETWORK_CONNECTION "
+               "during HeadObject operation: curlCode: 7, Could not connect to server")
+
+
+def test_store_outages_are_retried_with_growing_backoff():
+    from pipelines.storage import retry_transient
+
+    now, sleeps = [0.0], []
+
+    def sleep(s):
+        sleeps.append(s)
+        now[0] += s
+    fn, calls = _flaky(4, DOWN)
+    loc = resolve("s3://b/data", StorageConfig(endpoint="http://127.0.0.1:9"))
+    assert retry_transient(fn, "s3://b/data/p.parquet", loc, 60, sleep=sleep,
+                           clock=lambda: now[0]) == "data"
+    assert sleeps == [0.5, 1.0, 2.0, 4.0] and len(calls) == 5
+
+
+def test_an_outage_past_the_deadline_is_one_clear_error():
+    from pipelines.storage import retry_transient
+
+    now, sleeps = [0.0], []
+
+    def sleep(s):
+        sleeps.append(s)
+        now[0] += s
+    fn, _ = _flaky(10**6, DOWN)
+    loc = resolve("s3://b/data", StorageConfig(endpoint="http://127.0.0.1:9"))
+    with pytest.raises(StorageError, match=r"the object store at http://127.0.0.1:9 has been "
+                                           r"unreachable or failing for 30 s \(deadline 30 s\) "
+                                           r"while reading s3://b/data/p.parquet"):
+        retry_transient(fn, "s3://b/data/p.parquet", loc, 30, sleep=sleep, clock=lambda: now[0])
+    assert max(sleeps) == 10.0 and sum(sleeps) == 30.0  # capped backoff, ends at the deadline
+
+
+@pytest.mark.parametrize("error", [
+    OSError("Path does not exist 'b/data/p.parquet'. Detail: [errno 2] No such file"),
+    OSError("AWS Error ACCESS_DENIED during GetObject operation: Access Denied"),
+    ValueError("not a storage error at all"),
+])
+def test_errors_waiting_cannot_cure_pass_through_at_once(error):
+    from pipelines.storage import retry_transient
+
+    fn, calls = _flaky(1, error)
+    loc = resolve("s3://b/data", StorageConfig(endpoint="http://127.0.0.1:9"))
+    with pytest.raises(type(error)):
+        retry_transient(fn, "x", loc, 30, sleep=lambda s: pytest.fail("slept"))
+    assert len(calls) == 1

@@ -1,0 +1,93 @@
+"""Tier 2+3: the object store (a second, real SeaweedFS) goes down under a running stream. Reads
+retry with backoff and the stream completes, every example once, when it comes back on the same
+data; when it stays down past the deadline the stream stops with an error naming the endpoint,
+it never hangs."""
+
+import threading
+import time
+
+import pytest
+
+from cluster.object_store import EmbeddedObjectStore
+from pipelines import (
+    PipelineConfig,
+    PreprocessConfig,
+    SourceConfig,
+    StorageConfig,
+    StorageError,
+    build_dataset,
+    plan_source,
+)
+from pipelines.datasets import write_digits
+
+pytestmark = [pytest.mark.ray, pytest.mark.services]
+
+
+@pytest.fixture(scope="module")
+def flaky_store(object_store, tmp_path_factory):
+    """A store of its own (so stopping it disturbs no other test), with the session store's
+    credentials: the Ray workers have those in their environment."""
+    store = EmbeddedObjectStore(data_dir=str(tmp_path_factory.mktemp("flaky")),
+                                access_key=object_store.access_key,
+                                secret_key=object_store.secret_key)
+    store.start()
+    url = write_digits(f"s3://{store.bucket}/digits",
+                       StorageConfig(endpoint=store.endpoint)).url
+    yield store, f"{url}/val"
+    store.stop()
+
+
+def config(store, url, deadline_s):
+    storage = StorageConfig(endpoint=store.endpoint, outage_deadline_s=deadline_s)
+    return PipelineConfig(source=SourceConfig(url=url, storage=storage, rows_per_unit=60),
+                          preprocess=PreprocessConfig(recipe="small", image_size=8,
+                                                      max_actors=1, output_rows=60),
+                          shuffle=False)
+
+
+def test_reads_wait_out_an_outage_and_the_stream_completes(ray_cluster, flaky_store):
+    store, url = flaky_store
+    cfg = config(store, url, deadline_s=120)
+    plan = plan_source(cfg.source)  # planned while the store is up
+    store.stop()
+    restarting_at = []
+
+    def restart_later():
+        time.sleep(8)  # the pool actor starts and hits the outage in this time
+        restarting_at.append(time.time())
+        store.start()  # returns once the bucket answers; reads may resume a moment before
+
+    restart = threading.Thread(target=restart_later, daemon=True)
+    restart.start()
+    first_batch_at, keys = None, []
+    for batch in build_dataset(cfg, plan=plan).iter_batches(batch_size=None):
+        first_batch_at = first_batch_at or time.time()
+        keys.extend(batch["key"])
+    restart.join(timeout=120)
+    assert restarting_at and first_batch_at > restarting_at[0]  # the reads waited it out
+    assert len(keys) == len(set(keys)) == plan.num_rows == 360
+
+
+def test_an_outage_past_the_deadline_stops_the_stream_with_a_clear_error(ray_cluster,
+                                                                         flaky_store):
+    store, url = flaky_store
+    cfg = config(store, url, deadline_s=3)
+    plan = plan_source(cfg.source)
+    store.stop()
+    started = time.time()
+    try:
+        with pytest.raises(Exception) as err:
+            for _ in build_dataset(cfg, plan=plan).iter_batches(batch_size=None):
+                pass
+    finally:
+        store.start()
+    assert time.time() - started < 90  # it gave up: nothing hangs
+    text = str(err.value)
+    assert f"the object store at {store.endpoint} has been unreachable or failing" in text
+    assert "deadline 3 s" in text and "--storage-deadline-s" in text
+    # the driver turns Ray's wrapping back into the StorageError the CLI prints as one line
+    from cluster.trainer import _user_error
+
+    user = _user_error(err.value)
+    assert isinstance(user, StorageError) and "\n" not in str(user)
+    assert str(user).startswith(f"the object store at {store.endpoint}")
