@@ -321,6 +321,7 @@ def train_loop_per_worker(config: dict) -> None:
     stream = shard.iter_torch_batches(
         batch_size=tc.batch_size, collate_fn=Collate(), prefetch_batches=tc.prefetch_batches,
         local_shuffle_buffer_size=tc.shuffle_buffer_rows or None,
+        local_shuffle_seed=tc.seed + rank if tc.shuffle_buffer_rows else None,
         pin_memory=device.type == "cuda",
     )
     echo: EchoConfig = config.get("echo") or EchoConfig()

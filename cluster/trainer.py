@@ -20,7 +20,7 @@ from pipelines import PipelineConfig, ShardPlan, build_dataset, plan_source
 from pipelines.badrecords import BadDataError, BadRecordLimit
 from pipelines.storage import StorageError, resolve
 
-__all__ = ["RunSummary", "build_trainer", "run_training", "run_label"]
+__all__ = ["RunSummary", "build_trainer", "data_config", "run_training", "run_label"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,18 @@ def _run_config(tc: TrainConfig, pipeline: PipelineConfig) -> ray.train.RunConfi
     )
 
 
+def data_config(deterministic: bool) -> ray.train.DataConfig:
+    """How Ray Train splits the stream over the ranks. Deterministic: blocks in stream order and
+    dealt without regard to where they live, so each rank gets the same rows every run (Ray's
+    splitter gives the next block to the rank with the fewest rows so far)."""
+    if not deterministic:
+        return ray.train.DataConfig(datasets_to_split=["train"])
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return ray.train.DataConfig(datasets_to_split=["train"], execution_options=options,
+                                enable_shard_locality=False)
+
+
 def run_label(tc: TrainConfig) -> str:
     """The `run` label of the metrics: the run's name, or one made from the clock."""
     return tc.run_name or time.strftime("feedline-%Y%m%d-%H%M%S")
@@ -182,7 +194,7 @@ def build_trainer(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig
         datasets={"train": build_dataset(pipeline, plan=plan,
                                          observer=PoolReporter(run, monitor, echo=rates),
                                          factor_source=source)},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=data_config(pipeline.deterministic),
     )
 
 
@@ -248,13 +260,18 @@ def run_training(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig 
         trainer = build_trainer(tc, pipeline, val, plan, val_plan, run=run, monitor=monitor,
                                 timeline=timeline_dir is not None, echo_control=echo_control,
                                 report_rates=scaling is not None)
+        user = None
         try:
             result = trainer.fit()
         except Exception as e:
             user = _user_error(e)
             if user is None:
                 raise
-            raise user from None
+        if user is not None:
+            # Raised outside the except block, so it does not carry Ray's error as context:
+            # that error's traceback holds the Train controller's handle, and with it the
+            # controller, its dataset coordinator and the pool actors (their resources too).
+            raise user
         if scaler is not None:
             ray.get(scaler.stop.remote())
             decisions = ray.get(scaler.decisions.remote())

@@ -132,6 +132,15 @@ def print_summary(path: str) -> dict:
     return s
 
 
+def store_keys() -> dict[str, str]:
+    """Credentials the embedded store is created with: FEEDLINE_STORE_ACCESS_KEY and
+    FEEDLINE_STORE_SECRET_KEY when both are set (to reach the store from other tools while the
+    demo runs), else generated for this run. Never taken from AWS_*: real keys stay out of it."""
+    access, secret = (os.environ.get("FEEDLINE_STORE_ACCESS_KEY"),
+                      os.environ.get("FEEDLINE_STORE_SECRET_KEY"))
+    return {"access_key": access, "secret_key": secret} if access and secret else {}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -140,7 +149,7 @@ def main(argv=None) -> int:
     summary_path = os.path.join(args.workdir, "summary.json")
     if os.path.exists(summary_path):
         os.remove(summary_path)
-    store = EmbeddedObjectStore(data_dir=os.path.join(args.workdir, "store"))
+    store = EmbeddedObjectStore(data_dir=os.path.join(args.workdir, "store"), **store_keys())
     head: RayHead | None = None
     try:
         print("[demo] starting SeaweedFS (weed mini) on 127.0.0.1 ...", flush=True)

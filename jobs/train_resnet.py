@@ -125,6 +125,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--shuffle-buffer", type=int, default=0,
                    help="rows in each worker's local shuffle buffer (0 = off)")
     t.add_argument("--seed", type=int, default=0, help="seed of data order and model init")
+    t.add_argument("--deterministic", action="store_true",
+                   help="the same sample order on every rank in every run with the same "
+                        "--seed, data and worker count (blocks in stream order; costs "
+                        "throughput, see README); needs a fixed --echo-factor")
     t.add_argument("--target-accuracy", type=float, default=None,
                    help="stop at the first validation whose accuracy reaches this")
     t.add_argument("--val-every-rows", type=int, default=0,
@@ -200,7 +204,8 @@ def configs(args: argparse.Namespace) -> tuple[TrainConfig, PipelineConfig, Pipe
         source=SourceConfig(url=f"{root}/train", storage=storage, format=args.format,
                             max_bad_fraction=args.max_bad_fraction,
                             num_classes=args.num_classes),
-        preprocess=pre, epochs=args.epochs, seed=args.seed, echo=echo_config(args))
+        preprocess=pre, epochs=args.epochs, seed=args.seed, echo=echo_config(args),
+        deterministic=args.deterministic)
     val = None if args.no_val else PipelineConfig(
         source=SourceConfig(url=f"{root}/val", storage=storage, format=args.format,
                             max_bad_fraction=args.max_bad_fraction,

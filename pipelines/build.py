@@ -266,6 +266,8 @@ def build_dataset(config: PipelineConfig, *, plan: ShardPlan | None = None,
     )
     # Without a bound, a cluster that never gets a pool node would wait for the actors forever.
     ds.context.wait_for_min_actors_s = p.actor_start_timeout_s
+    if config.deterministic:
+        ds.context.execution_options.preserve_order = True
     # An actor call covers `per_task` units and yields one block per `output_rows` images. Ray
     # Data merges yields until a block passes target_max_block_size (128 MiB): set it just under
     # one full block so each block leaves as soon as it is made (and is never sliced: slicing

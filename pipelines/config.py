@@ -154,8 +154,16 @@ class PipelineConfig:
     """Seed of every permutation; the same seed gives the same unit order."""
     echo: EchoConfig = field(default_factory=EchoConfig)
     """Data echoing of the training stream (off by default)."""
+    deterministic: bool = False
+    """Hand out blocks in stream order (Ray Data's preserve_order) instead of as soon as any
+    actor finishes one, so the same seed, data and worker count give the same sample order
+    every run (and, each unit's augmentation being seeded, the same pixels). Costs throughput
+    when actors finish out of order (see README); needs a fixed echo factor."""
 
     def __post_init__(self) -> None:
+        if self.deterministic and self.echo.auto:
+            raise ValueError("a deterministic stream needs a fixed echo factor: the automatic "
+                             "one follows measured rates, which differ from run to run")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         p = self.preprocess

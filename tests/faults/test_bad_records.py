@@ -137,6 +137,11 @@ def test_run_training_stops_with_the_bad_data_error_itself(ray_cluster, mixed, t
         run_training(tc, train, None)
     assert "\n" not in str(err.value)  # one line, not Ray's wrapped traceback
     assert time.perf_counter() - started < 240
+    # the failed run let go of the pool: the next run (or test) gets its actors
+    deadline = time.time() + 60
+    while ray.available_resources().get("preprocess_cpu", 0) < 2 and time.time() < deadline:
+        time.sleep(1)
+    assert ray.available_resources().get("preprocess_cpu", 0) == 2
 
 
 def test_the_limit_counts_bad_records_of_all_actors_together(ray_cluster):
