@@ -76,6 +76,10 @@ class RunMonitor:
         """The shards with the most bad records (up to 10, with counts) and sample keys."""
         return dict(self.bad_shards.most_common(10)), list(self.bad_keys)
 
+    def reset_epochs(self) -> None:
+        """Forget the per-epoch counts (the training stream started over: a restart)."""
+        self.epoch_kinds, self.epoch_shards = {}, {}
+
     def epoch_bad(self, epoch: int) -> tuple[int, dict[str, int], dict[str, int], list[str]]:
         """Bad records of the training stream's `epoch` over all pool actors: the count, by
         kind, by shard, and sample keys."""

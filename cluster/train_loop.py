@@ -124,23 +124,26 @@ def _evaluate(model: nn.Module, batches, device, mean, std, totals: EpochTotals)
     model.train()
 
 
-def _save(model: nn.Module, optimizer, epoch: int, directory: str) -> None:
+def _save(model: nn.Module, optimizer, epoch: int, step: int, directory: str) -> None:
     module = getattr(model, "module", model)
     torch.save({"model": module.state_dict(), "optimizer": optimizer.state_dict(),
-                "epoch": epoch}, os.path.join(directory, CHECKPOINT_FILE))
+                "epoch": epoch, "step": step}, os.path.join(directory, CHECKPOINT_FILE))
 
 
-def _restore(model: nn.Module, optimizer) -> int:
-    """Load the latest checkpoint if Ray Train gives one; returns the first epoch to run."""
+def _restore(model: nn.Module, optimizer) -> tuple[int, int]:
+    """Load the latest checkpoint if Ray Train gives one (a restart after a failure, or a run
+    resumed from its storage path). Returns the first epoch to run and the optimizer steps
+    already taken. Checkpoints are taken at epoch ends, so a restart resumes at the start of
+    the epoch after the checkpoint: the steps of the epoch that was cut short are done again."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return 0
+        return 0, 0
     with checkpoint.as_directory() as d:
         state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu",
                            weights_only=True)
     getattr(model, "module", model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    return int(state["epoch"]) + 1
+    return int(state["epoch"]) + 1, int(state.get("step", 0))
 
 
 @dataclass
@@ -315,7 +318,10 @@ def train_loop_per_worker(config: dict) -> None:
     loss_fn = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
     mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
-    start_epoch = _restore(model, optimizer)
+    start_epoch, start_step = _restore(model, optimizer)
+    if start_epoch and rank == 0:
+        _say(f"resumed from the checkpoint of epoch {start_epoch} (step {start_step}): "
+             f"training goes on at the start of epoch {start_epoch + 1}")
 
     shard = ray.train.get_dataset_shard("train")
     stream = shard.iter_torch_batches(
@@ -349,6 +355,10 @@ def train_loop_per_worker(config: dict) -> None:
                     consume=(ConsumeReporter(control, rank)
                              if (echo.auto or config.get("report_rates")) and control is not None
                              else None))
+    step.steps_total = start_step
+    if start_epoch and rank == 0 and monitor is not None:
+        # The stream starts over with the restart: bad-record counts by epoch start over too.
+        ray.get(monitor.reset_epochs.remote())
     run = EpochTotals()
     run_wall = 0.0
     history: list[dict] = []
@@ -404,7 +414,8 @@ def train_loop_per_worker(config: dict) -> None:
                  "or rows left over by the equal split across ranks)")
         train_wall = time.perf_counter() - epoch_start
         if monitor is not None and config.get("bad_limit") is not None:
-            _check_bad_records(monitor, config["bad_limit"], epoch, rank, device)
+            # the stream restarts with each attempt: its epochs count from this attempt's first
+            _check_bad_records(monitor, config["bad_limit"], epoch - start_epoch, rank, device)
         if step.steps:
             monitor.add_steps.remote(rank, step.steps)
             step.steps = []
@@ -444,6 +455,7 @@ def train_loop_per_worker(config: dict) -> None:
             # the same for every setting of a run), to the end of this epoch's validation.
             "elapsed_s": time.perf_counter() - (step.first_batch_at or epoch_start),
             "at": time.time(),
+            "resumed_at_epoch": start_epoch,
         }
         history.append({k: metrics[k] for k in HISTORY_KEYS})
         reached = (tc.target_accuracy is not None and metrics["val_accuracy"] is not None
@@ -468,9 +480,10 @@ def train_loop_per_worker(config: dict) -> None:
         # The last epoch always checkpoints: Ray Train v2 keeps only metrics reported with a
         # checkpoint in Result.metrics, which the run summary is built from.
         due = (epoch + 1) % tc.checkpoint_every == 0 or last
+        all_steps = start_step + run.steps / world
         if rank == 0 and due:
             with tempfile.TemporaryDirectory() as d:
-                _save(model, optimizer, epoch, d)
+                _save(model, optimizer, epoch, int(all_steps), d)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)

@@ -78,6 +78,9 @@ class RunSummary:
     first_read_at: float | None = None
     """Epoch seconds when the pool started its first training block; with each history
     entry's `at`, the wall-clock from the first data read to that validation."""
+    resumed_at_epoch: int = 0
+    """Epochs the last attempt found done in its checkpoint (0: no restart). After a worker
+    failure the run restarts from the latest checkpoint, at the start of the next epoch."""
     bad_shards: dict = dataclasses.field(default_factory=dict)
     """Shards with the most bad records (up to 10) and their counts."""
     bad_sample_keys: list = dataclasses.field(default_factory=list)
@@ -322,6 +325,7 @@ def run_training(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig 
         history=m.get("history", []),
         first_read_at=first_read,
         pool_decisions=decisions,
+        resumed_at_epoch=int(m.get("resumed_at_epoch", 0)),
         bad_shards=bad_shards,
         bad_sample_keys=bad_keys,
         unreadable_shards=[list(u) for p in (plan, val_plan) if p for u in p.unreadable],

@@ -1,5 +1,12 @@
 """Tier 2+3: the end-to-end slice. Digits from SeaweedFS, through the preprocessing actor pool,
-into 2 Ray Train DDP workers on CPU; checkpoints written to s3://."""
+into 2 Ray Train DDP workers on CPU; checkpoints written to s3://. One training worker is
+killed (SIGKILL) after the first checkpoint: the run restarts from it and still reaches the
+accuracy target."""
+
+import os
+import signal
+import threading
+import time
 
 import pyarrow.fs as pafs
 import pytest
@@ -19,9 +26,15 @@ def test_digits_reach_093_with_two_ddp_workers(ray_cluster, digits_url, object_s
                          train=False, shuffle=False)
     results = f"s3://{object_store.bucket}/results"
     tc = TrainConfig(epochs=5, batch_size=32, lr=0.05, num_workers=2, cpus_per_worker=1,
-                     storage_path=results, run_name="e2e")
+                     storage_path=results, run_name="e2e", max_failures=1)
+    killer = WorkerKiller(results, "e2e")
+    killer.start()
     summary = run_training(tc, train, val)
+    killer.join(timeout=10)
 
+    assert killer.killed, f"no training worker was killed; saw {killer.titles}"
+    # restarted from the checkpoint of epoch 1 or later, at the start of the next epoch
+    assert summary.resumed_at_epoch >= 1
     assert summary.val_accuracy >= 0.93, summary
     assert summary.epochs == 5 and summary.train_rows == 1437 and summary.val_rows == 360
     assert summary.images_per_s > 0 and 0.0 <= summary.data_wait_fraction < 1.0
@@ -30,3 +43,36 @@ def test_digits_reach_093_with_two_ddp_workers(ray_cluster, digits_url, object_s
     files = loc.fs.get_file_info(pafs.FileSelector(f"{loc.path}/e2e", recursive=True))
     assert any(f.path.endswith("state.pt") for f in files), [f.path for f in files]
     assert summary.checkpoint and "e2e" in summary.checkpoint
+
+
+class WorkerKiller(threading.Thread):
+    """Waits for the run's first checkpoint in the object store, then SIGKILLs one Ray Train
+    worker process (Ray titles them after the actor class)."""
+
+    def __init__(self, results: str, run: str):
+        super().__init__(daemon=True)
+        self.loc, self.run_name = resolve(results), run
+        self.killed: int | None = None
+        self.titles: list[str] = []
+
+    def _checkpointed(self) -> bool:
+        sel = pafs.FileSelector(f"{self.loc.path}/{self.run_name}", recursive=True,
+                                allow_not_found=True)
+        return any(f.path.endswith("state.pt") for f in self.loc.fs.get_file_info(sel))
+
+    def run(self) -> None:
+        deadline = time.time() + 300
+        while time.time() < deadline and not self._checkpointed():
+            time.sleep(0.5)
+        for pid in sorted(filter(str.isdigit, os.listdir("/proc")), key=int):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    title = f.read().decode(errors="replace")
+            except OSError:
+                continue
+            if title.startswith("ray::"):
+                self.titles.append(title[:60])
+            if title.startswith("ray::RayTrainWorker"):
+                os.kill(int(pid), signal.SIGKILL)
+                self.killed = int(pid)
+                return
