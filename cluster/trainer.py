@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import signal
+import threading
 import time
 from dataclasses import dataclass
 
@@ -217,6 +220,22 @@ def _user_error(error: BaseException) -> Exception | None:
     return None
 
 
+@contextlib.contextmanager
+def _own_sigint():
+    """Put back the caller's SIGINT handler after `fit`. Ray Train installs one (Ctrl-C aborts
+    the run) that holds the Train controller's handle and never removes it: the controller,
+    and after a failed run its dataset coordinator and pool actors with their resources, would
+    live as long as the driver process."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _causes(error: BaseException):
     seen, stack = set(), [error]
     while stack:
@@ -265,7 +284,8 @@ def run_training(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig 
                                 report_rates=scaling is not None)
         user = None
         try:
-            result = trainer.fit()
+            with _own_sigint():
+                result = trainer.fit()
         except Exception as e:
             user = _user_error(e)
             if user is None:

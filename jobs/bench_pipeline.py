@@ -39,6 +39,8 @@ from pipelines import (  # noqa: E402
 from pipelines.storage import resolve  # noqa: E402
 
 SYSTEMS = ("limit", "dataloader", "raydata", "feedline")
+EXTRA = ("feedline-deterministic",)
+"""Measured only when asked for: feedline with --deterministic (blocks in stream order)."""
 BATCH, SIZE = 256, 224
 
 
@@ -207,7 +209,8 @@ def run_raydata(url: str, storage: StorageConfig, seconds: float) -> dict:
     return measure(batches, seconds)
 
 
-def run_feedline(url: str, storage: StorageConfig, seconds: float, cores: int) -> dict:
+def run_feedline(url: str, storage: StorageConfig, seconds: float, cores: int,
+                 deterministic: bool = False) -> dict:
     from cluster.train_loop import Collate
     from pipelines import PipelineConfig, PreprocessConfig, build_dataset
 
@@ -218,7 +221,8 @@ def run_feedline(url: str, storage: StorageConfig, seconds: float, cores: int) -
             source=SourceConfig(url=train_url, storage=storage, format="parquet"),
             preprocess=PreprocessConfig(recipe="imagenet", image_size=SIZE, min_actors=cores,
                                         max_actors=cores),
-            epochs=100)  # 100 passes: far more than any measurement window needs
+            epochs=100,  # 100 passes: far more than any measurement window needs
+            deterministic=deterministic)
         return build_dataset(cfg).iter_torch_batches(batch_size=BATCH, collate_fn=Collate())
 
     return measure(batches, seconds)
@@ -233,7 +237,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "default: start the embedded object store and write synthetic JPEGs")
     p.add_argument("--endpoint", default=None, help="S3 endpoint URL (default: AWS_ENDPOINT_URL)")
     p.add_argument("--systems", default=",".join(SYSTEMS),
-                   help=f"comma-separated subset of {','.join(SYSTEMS)}")
+                   help=f"comma-separated subset of {','.join(SYSTEMS + EXTRA)}")
     p.add_argument("--seconds", type=float, default=20.0,
                    help="steady-state window per system, after the first batches")
     p.add_argument("--count", type=int, default=2000, help="synthetic images when generating")
@@ -245,9 +249,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = set(systems) - set(SYSTEMS)
+    unknown = set(systems) - set(SYSTEMS + EXTRA)
     if unknown:
-        print(f"error: unknown systems {sorted(unknown)}; choose from {SYSTEMS}", file=sys.stderr)
+        print(f"error: unknown systems {sorted(unknown)}; choose from {SYSTEMS + EXTRA}",
+              file=sys.stderr)
         return 2
     cores = os.cpu_count() or 1
     store = None
@@ -280,9 +285,11 @@ def main(argv=None) -> int:
                 ray.init(address="local", num_cpus=cores, resources={"preprocess_cpu": cores},
                          include_dashboard=False, log_to_driver=False)
                 try:
-                    run = run_raydata if name == "raydata" else run_feedline
-                    results[name] = (run(data, storage, args.seconds) if name == "raydata"
-                                     else run(data, storage, args.seconds, cores))
+                    if name == "raydata":
+                        results[name] = run_raydata(data, storage, args.seconds)
+                    else:
+                        results[name] = run_feedline(data, storage, args.seconds, cores,
+                                                     deterministic=name in EXTRA)
                 finally:
                     ray.shutdown()
     except (StorageError, SchemaError) as e:

@@ -147,11 +147,13 @@ def observed_run(ray_cluster, object_store, prometheus_bin, tmp_path_factory):
 
 @pytest.mark.ray
 @pytest.mark.services
-def test_feedline_metrics_are_on_rays_prometheus_endpoint(observed_run):
+def test_feedline_metrics_are_on_rays_prometheus_endpoint(observed_run, object_store):
     from cluster.prometheus import ray_metrics_targets
 
     text = "".join(urllib.request.urlopen(f"http://{t}/metrics", timeout=10).read().decode()
                    for t in ray_metrics_targets())
+    # no credential in any metric name, label or value
+    assert object_store.access_key not in text and object_store.secret_key not in text
     for name, suffix in ((m.DATA_WAIT, "_bucket"), (m.STEP, "_count"), (m.STALL_FRACTION, ""),
                          (m.EXAMPLES, ""), (m.PREPROCESS_IMAGES, "")):
         assert re.search(rf"^{m.exported(name, suffix)}\{{.*run=\"observed\"", text, re.M), name
