@@ -346,7 +346,8 @@ def train_loop_per_worker(config: dict) -> None:
     monitor = config.get("monitor")
     run_label = config.get("run", "")
     evaluator = (Preprocessor(val_cfg, val_units, single_thread=False,
-                              observer=PoolReporter(run_label, monitor, stage="val"))
+                              observer=PoolReporter(run_label, monitor, stage="val"),
+                              rows_per_epoch=val_plan.num_rows)
                  if val_units else None)
     step = _Stepper(model, optimizer, loss_fn, device, mean, std, tc,
                     total_rows=rows * tc.epochs, metrics=StepMetrics(run_label, rank),
@@ -366,6 +367,7 @@ def train_loop_per_worker(config: dict) -> None:
     def validate_inside_epoch() -> bool:
         t = EpochTotals()
         if evaluator is not None:
+            evaluator.start_pass()
             _evaluate(model, evaluator({"seq": np.arange(len(val_units))}), device, mean, std, t)
         correct, count, echoed, steps = all_reduce(
             [t.val_correct, t.val_count, step.echoed_total, step.steps_total], device)
@@ -420,6 +422,7 @@ def train_loop_per_worker(config: dict) -> None:
             monitor.add_steps.remote(rank, step.steps)
             step.steps = []
         if evaluator is not None:  # ranks without val units still join the all-reduce
+            evaluator.start_pass()
             blocks = evaluator({"seq": np.arange(len(val_units))})
             _evaluate(model, blocks, device, mean, std, totals)
 

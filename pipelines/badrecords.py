@@ -84,6 +84,13 @@ class BadRecords:
         log.warning("skipping %s bad record%s %s (%s)%s", count, "s" * (count != 1), key, kind,
                     f": {why}" if why else "")
 
+    def forget_epochs(self) -> None:
+        """Start the per-epoch counts over (a validation pass reads its units again as epoch 0);
+        the totals by kind and shard are kept."""
+        self.by_epoch.clear()
+        self.kinds_by_epoch.clear()
+        self.shards_by_epoch.clear()
+
     def check(self, epoch: int, limit: BadRecordLimit) -> None:
         """Raise BadDataError when this process alone has seen more bad records in `epoch`
         than the limit allows."""

@@ -62,12 +62,14 @@ class Preprocessor:
 
     Holds the filesystem (built from this process's own AWS environment, so no credential is
     ever pickled) and the transform for its whole life. Also usable in-process (the trainers
-    run validation through it): call it with ``{"seq": array of unit indices}``.
+    run validation through it): call it with ``{"seq": array of unit indices}``, after
+    `start_pass()` for each new pass. `rows_per_epoch` (default: the rows of `units`) sizes the
+    bad-record limit: give the whole source's rows when `units` is one rank's share.
     """
 
     def __init__(self, config: PipelineConfig, units: tuple[WorkUnit, ...],
                  single_thread: bool = True, observer: BlockObserver | None = None,
-                 factor_source: FactorSource | None = None):
+                 factor_source: FactorSource | None = None, rows_per_epoch: int | None = None):
         import torch
 
         if single_thread:
@@ -80,8 +82,10 @@ class Preprocessor:
         self.transform = build_transform(p.recipe, p.image_size, config.train)
         self.min_side = decode_side(p.recipe, p.image_size, config.train)
         self.stats = BadRecords()
-        self.limit = BadRecordLimit(config.source.url, sum(u.num_rows for u in units),
-                                    config.source.max_bad_fraction)
+        self.limit = BadRecordLimit(
+            config.source.url,
+            rows_per_epoch if rows_per_epoch is not None else sum(u.num_rows for u in units),
+            config.source.max_bad_fraction)
         self.footers: dict = {}  # Parquet footers by path: each shard's is read once
         self.observer = observer
         echo = config.echo
@@ -99,6 +103,11 @@ class Preprocessor:
             self._order = unit_order(n, epoch, self.config.seed, self.config.shuffle)
         index = int(self._order[pos])
         return epoch, index, self.units[index]
+
+    def start_pass(self) -> None:
+        """Called before each in-process pass over the same units (validation): its bad records
+        are held against the limit on their own, not added to the previous passes'."""
+        self.stats.forget_epochs()
 
     def _shard(self, unit: WorkUnit) -> str:
         """The shard of a Parquet unit as the user knows it (image-folder rows: "", each file
