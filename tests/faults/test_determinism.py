@@ -16,8 +16,9 @@ def run(url: str, deterministic: bool, seed: int = 7, ranks: int = 2):
     """Per rank: the keys in order and a checksum of the pixels, read the way Ray Train splits
     the stream (streaming_split, equal shares, no locality: trainer.data_config)."""
     cfg = PipelineConfig(source=SourceConfig(url=url, rows_per_unit=40),
-                         preprocess=PreprocessConfig(recipe="small", image_size=8, min_actors=2,
-                                                     max_actors=2, output_rows=40),
+                         preprocess=PreprocessConfig(recipe="small", image_size=8, min_actors=1,
+                                                     max_actors=2, output_rows=40,
+                                                     actor_start_timeout_s=120),
                          epochs=2, seed=seed, deterministic=deterministic)
     splits = build_dataset(cfg).streaming_split(ranks, equal=True)
     keys = [[] for _ in range(ranks)]

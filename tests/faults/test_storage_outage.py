@@ -3,6 +3,7 @@ retry with backoff and the stream completes, every example once, when it comes b
 data; when it stays down past the deadline the stream stops with an error naming the endpoint,
 it never hangs."""
 
+import gc
 import threading
 import time
 
@@ -82,12 +83,13 @@ def test_an_outage_past_the_deadline_stops_the_stream_with_a_clear_error(ray_clu
     finally:
         store.start()
     assert time.time() - started < 90  # it gave up: nothing hangs
-    text = str(err.value)
+    from cluster.trainer import _user_error
+
+    text, user = str(err.value), _user_error(err.value)
+    del err  # its traceback holds the failed stream and its pool actor: free them for others
+    gc.collect()
     assert f"the object store at {store.endpoint} has been unreachable or failing" in text
     assert "deadline 3 s" in text and "--storage-deadline-s" in text
     # the driver turns Ray's wrapping back into the StorageError the CLI prints as one line
-    from cluster.trainer import _user_error
-
-    user = _user_error(err.value)
     assert isinstance(user, StorageError) and "\n" not in str(user)
     assert str(user).startswith(f"the object store at {store.endpoint}")
