@@ -58,6 +58,12 @@ class RayHead:
         taken: set[int] = set()
         self.gcs_port = free_port(taken)
         self.dashboard_port = free_port(taken)
+        # Every fixed default port too (agent 52365, metrics, runtime-env agent, client 10001):
+        # another Ray on this machine (a notebook's, a test session's) may hold them, and a head
+        # whose dashboard agent cannot bind exits with it.
+        self.other_ports = {flag: free_port(taken) for flag in (
+            "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+            "metrics-export-port", "ray-client-server-port")}
         self.temp_dir = tempfile.mkdtemp(prefix="feedline-ray-")  # short: socket path limit
         self.args = [
             os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block",
@@ -66,6 +72,7 @@ class RayHead:
             "--include-dashboard=true", f"--num-cpus={num_cpus}",
             f"--resources={json.dumps({'preprocess_cpu': pool_cpus})}",
             f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
+            *(f"--{flag}={port}" for flag, port in self.other_ports.items()),
         ]
         self.proc: subprocess.Popen | None = None
 
