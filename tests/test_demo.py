@@ -4,6 +4,7 @@ when it succeeds, when the job fails, and when it is interrupted."""
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -63,9 +64,10 @@ def assert_all_stopped(workdir, temp, dashboard_port, text):
         assert not port_open(dashboard_port)
 
 
-# Recognisable credentials for the demo's object store: searched for in everything the run
-# leaves behind.
-ACCESS_KEY, SECRET_KEY = "FLLEAKCHECKAKID0417", "fl-leak-check-secret-8d3c1e9a7b"
+# Recognisable credentials for the demo's object store, searched for in everything the run
+# leaves behind. Made at run time: the job's working_dir copy of this file must not hold them.
+ACCESS_KEY = "FLLEAKCHECK" + secrets.token_hex(6).upper()
+SECRET_KEY = "fl-leak-check-" + secrets.token_hex(12)
 
 
 def files_holding(roots, needles: list[bytes], skip: str) -> tuple[list[str], int]:
