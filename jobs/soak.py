@@ -30,6 +30,7 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cluster.object_store import EmbeddedObjectStore  # noqa: E402
+from cluster.processes import local_processes  # noqa: E402
 
 TOLERANCE = 0.10
 STORE_FLOOR_MB = 16.0
@@ -53,19 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def ray_processes() -> dict[int, tuple[str, float]]:
-    """pid -> (process title, RSS in MiB) of every Ray worker process on this machine."""
-    found = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                title = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-            with open(f"/proc/{pid}/status") as f:
-                rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-        except (OSError, StopIteration):
-            continue
-        if title.startswith("ray::") and "IDLE" not in title:
-            found[int(pid)] = (title.split(" ")[0], rss / 1024)
-    return found
+    """pid -> (process title, RSS in MiB) of every busy Ray worker process on this machine."""
+    return {p.pid: (p.cmdline.split(" ")[0], p.rss_mb) for p in local_processes()
+            if p.alive and p.cmdline.startswith("ray::") and "IDLE" not in p.cmdline}
 
 
 def object_store_mb(targets: list[str]) -> float:

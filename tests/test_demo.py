@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from cluster.processes import local_processes
+
 pytestmark = pytest.mark.services
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "jobs", "demo.py")
@@ -20,16 +22,8 @@ DEMO = os.path.join(ROOT, "jobs", "demo.py")
 
 def leftovers(workdir: str, ray_temp: str | None) -> list[str]:
     """Command lines of processes still running from this demo (its SeaweedFS or Ray)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if workdir in cmd or (ray_temp and ray_temp in cmd):
-            found.append(cmd[:200])
-    return found
+    return [p.cmdline[:200] for p in local_processes()
+            if workdir in p.cmdline or (ray_temp and ray_temp in p.cmdline)]
 
 
 def port_open(port: int) -> bool:

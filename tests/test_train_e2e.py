@@ -13,6 +13,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from cluster.config import TrainConfig
+from cluster.processes import local_processes
 from cluster.trainer import run_training
 from pipelines import PipelineConfig, PreprocessConfig, SourceConfig
 from pipelines.storage import resolve
@@ -63,16 +64,8 @@ class WorkerKiller(threading.Thread):
 
     @staticmethod
     def _trainers() -> list[int]:
-        pids = []
-        for pid in sorted(filter(str.isdigit, os.listdir("/proc")), key=int):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    title = f.read().decode(errors="replace")
-            except OSError:
-                continue
-            if title.startswith("ray::RayTrainWorker"):
-                pids.append(int(pid))
-        return pids
+        return [p.pid for p in local_processes()
+                if p.alive and p.cmdline.startswith("ray::RayTrainWorker")]
 
     def _checkpointed(self) -> bool:
         try:

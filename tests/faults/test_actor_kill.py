@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from cluster.processes import local_processes
 from cluster.throttle import ThrottledProxy
 from pipelines import (
     PipelineConfig,
@@ -27,20 +28,7 @@ POOL_ACTOR = "ray::MapWorker(MapBatches(Preprocessor))"
 def pool_pids() -> set[int]:
     """Live preprocessing actor processes (Ray titles each worker process after the actor it
     hosts; the state API needs the dashboard, which is off in the tests)."""
-    pids = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                title = f.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{entry}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if title.startswith(POOL_ACTOR) and state != "Z":
-            pids.add(int(entry))
-    return pids
+    return {p.pid for p in local_processes() if p.alive and p.cmdline.startswith(POOL_ACTOR)}
 
 
 def test_killed_preprocessing_actor_loses_and_repeats_nothing(ray_cluster, digits_url,

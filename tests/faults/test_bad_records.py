@@ -150,18 +150,10 @@ def test_run_training_stops_with_the_bad_data_error_itself(ray_cluster, mixed, t
 
 def alive_ray_processes() -> list[str]:
     """Titles of the Ray worker processes alive now, for the failure message."""
-    import os
+    from cluster.processes import local_processes
 
-    titles = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                title = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if title.startswith("ray::"):
-            titles.append(f"{pid} {title[:80]}")
-    return titles
+    return [f"{p.pid} {p.cmdline[:80]}" for p in local_processes()
+            if p.alive and p.cmdline.startswith("ray::")]
 
 
 def test_the_limit_counts_bad_records_of_all_actors_together(ray_cluster):

@@ -1,0 +1,55 @@
+"""Tier 1: local processes as the soak script and the fault tests see them, and services stopped
+with everything they started."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from cluster.processes import local_processes, start_service, stop_process_group
+
+SLEEPER = "import time; time.sleep(60)  # feedline-process-probe"
+
+
+def find(marker: str):
+    return [p for p in local_processes() if marker in p.cmdline]
+
+
+def test_a_process_is_found_by_its_command_line_with_its_memory_then_seen_dead():
+    proc = subprocess.Popen([sys.executable, "-c", SLEEPER])
+    try:
+        deadline = time.monotonic() + 10
+        while not find("feedline-process-probe"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        [seen] = find("feedline-process-probe")
+        assert seen.pid == proc.pid and seen.alive and seen.rss_mb > 1
+        assert seen.cmdline == f"{sys.executable} -c {SLEEPER}"
+        os.kill(proc.pid, signal.SIGKILL)
+        # killed, not yet reaped by its parent: a zombie, listed but not alive
+        deadline = time.monotonic() + 10
+        while find("feedline-process-probe") and find("feedline-process-probe")[0].alive:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert [p.state for p in find("feedline-process-probe")] in ([], ["Z"])
+    finally:
+        proc.kill()
+        proc.wait()
+    assert find("feedline-process-probe") == []
+
+
+def test_stopping_a_service_stops_its_children_too(tmp_path):
+    # a shell that starts a child and ignores nothing: both are in the service's process group
+    script = f"{sys.executable} -c '{SLEEPER}' & wait"
+    proc = start_service(["bash", "-c", script], dict(os.environ), str(tmp_path / "log"))
+    deadline = time.monotonic() + 10
+    while not [p for p in find("feedline-process-probe") if p.pid != proc.pid]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    stop_process_group(proc, grace_s=5)
+    assert proc.poll() is not None
+    deadline = time.monotonic() + 10
+    while [p for p in find("feedline-process-probe") if p.alive]:
+        assert time.monotonic() < deadline, find("feedline-process-probe")
+        time.sleep(0.05)
