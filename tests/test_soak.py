@@ -1,0 +1,48 @@
+"""Tier 1: the endurance check of `jobs/soak.py` (its verdict on sampled memory), without a run."""
+
+import importlib.util
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+spec = importlib.util.spec_from_file_location("soak", os.path.join(ROOT, "jobs", "soak.py"))
+soak = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(soak)
+
+ENDS = [10.0, 20.0, 30.0]  # three epochs, one every 10 s
+
+
+def samples(actor_mb_at: dict[float, float], store_mb: float = 100.0, store_last: float = 100.0):
+    out = []
+    for t, mb in sorted(actor_mb_at.items()):
+        out.append((t, 7, "ray::MapWorker(Preprocessor)", mb))
+        out.append((t, 0, "object store", store_mb if t <= ENDS[1] else store_last))
+        out.append((t, 8, "ray::RayTrainWorker", 900.0))  # steady
+    return out
+
+
+def test_flat_memory_passes():
+    v = soak.verdict(samples({12.0: 500.0, 19.0: 510.0, 25.0: 520.0, 29.0: 540.0}), ENDS, 2, 3)
+    assert v["ok"] and {p["pid"] for p in v["processes"]} == {7, 8}
+    [actor] = [p for p in v["processes"] if p["pid"] == 7]
+    # compared at the end of each epoch: the last sample in it wins
+    assert (actor["rss_mb_first"], actor["rss_mb_last"]) == (510.0, 540.0)
+
+
+def test_a_process_growing_past_ten_percent_fails_and_is_named():
+    v = soak.verdict(samples({19.0: 500.0, 29.0: 560.0}), ENDS, 2, 3)
+    assert not v["ok"]
+    assert [p["title"] for p in v["processes"] if not p["ok"]] == ["ray::MapWorker(Preprocessor)"]
+
+
+def test_object_store_growth_fails_beyond_ten_percent_and_the_floor():
+    # +30 MiB on 100: past 10% and past the 16 MiB floor
+    assert not soak.verdict(samples({19.0: 500.0, 29.0: 500.0}, 100.0, 130.0), ENDS, 2, 3)["ok"]
+    # +12 MiB on 20: 60%, but under the floor for tiny figures
+    assert soak.verdict(samples({19.0: 500.0, 29.0: 500.0}, 20.0, 32.0), ENDS, 2, 3)["ok"]
+
+
+def test_processes_not_alive_in_both_epochs_are_not_compared_and_none_at_all_fails():
+    v = soak.verdict([(19.0, 7, "ray::A", 100.0), (29.0, 9, "ray::B", 900.0)], ENDS, 2, 3)
+    assert v["processes"] == [] and not v["ok"]
+    assert soak.epoch_of(10.0, ENDS) == 1 and soak.epoch_of(10.1, ENDS) == 2
+    assert soak.epoch_of(31.0, ENDS) == 0
