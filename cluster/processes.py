@@ -5,6 +5,7 @@ script and the fault tests find Ray's workers without the dashboard's state API)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ class LocalProcess:
     cmdline: str  # arguments joined by spaces; a Ray worker's is its title, "ray::Class.method"
     state: str  # /proc state letter: "R", "S", ...; "Z" for a zombie (dead, not yet reaped)
     rss_mb: float  # resident memory; 0 where the kernel reports none (zombies)
+    pgid: int  # process group
 
     @property
     def alive(self) -> bool:
@@ -37,31 +39,47 @@ def local_processes() -> list[LocalProcess]:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 args = f.read().decode(errors="replace").split("\0")
             with open(f"/proc/{pid}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
+                state, _ppid, pgid = f.read().rsplit(")", 1)[1].split()[:3]
             with open(f"/proc/{pid}/status") as f:
                 rss_kb = next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")),
                               0)
         except (OSError, IndexError):
             continue
         found.append(LocalProcess(int(pid), " ".join(a for a in args if a), state,
-                                  rss_kb / 1024))
+                                  rss_kb / 1024, int(pgid)))
     return found
 
 
 def stop_process_group(proc: subprocess.Popen | None, grace_s: float = 15.0) -> None:
-    """SIGTERM the process group `proc` leads (started with start_new_session=True), wait up to
-    `grace_s` for a clean shutdown, then SIGKILL what is left. Safe on already-ended processes."""
-    if proc is None or proc.poll() is not None:
+    """Stop `proc` (started with start_new_session=True, so it leads its own process group) and
+    everything it started: SIGTERM the leader alone and wait up to `grace_s` for it to shut its
+    children down, then SIGTERM and at last SIGKILL what is left of the group. Safe on processes
+    that already ended.
+
+    The leader goes first because some leaders shut down through their children: `ray start
+    --block` drains its node through the GCS it started, and a SIGTERM to the whole group kills
+    that GCS under it (it then waits 30 s for the dead GCS before giving up)."""
+    if proc is None:
         return
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-        try:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not _group_alive(proc.pid):
+            break
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-            proc.wait(timeout=wait)
-            return
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
+        deadline = time.monotonic() + 5.0
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            proc.poll()  # reap the leader
+            time.sleep(0.1)
+    proc.poll()
+
+
+def _group_alive(pgid: int) -> bool:
+    return any(p.pgid == pgid and p.alive for p in local_processes())
 
 
 def start_service(args: list[str], env: dict[str, str], log_path: str) -> subprocess.Popen:

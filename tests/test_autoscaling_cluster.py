@@ -8,6 +8,7 @@ back to its minimum (0) once the autoscaler's idle timeout passes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import time
 import pytest
 
 from cluster.object_store import free_port
+from cluster.processes import local_processes, stop_process_group
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -82,6 +84,9 @@ def fake_cluster(tmp_path, object_store):
     # token file, but only when told the mode.
     env = {**os.environ, **object_store.env(), "RAY_FAKE_CLUSTER": "1",
            "RAY_AUTH_MODE": "token", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+           # On SIGTERM the head drains its node first, for up to 30 s; this fake head never
+           # finishes draining (its fake nodes hold it), and nothing here needs a drain.
+           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
            "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
     # Its own temp dir (short: Ray's socket paths must fit 107 bytes): its session and its
@@ -108,19 +113,20 @@ def fake_cluster(tmp_path, object_store):
         # machine, the suite's own session cluster included): the head's process group, then
         # every process under its temp dir (the fake nodes' raylets are not in that group),
         # and wait until they are gone.
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-        for sig in ("TERM", "TERM", "TERM", "KILL"):
-            if subprocess.run(["pgrep", "-f", temp], capture_output=True).returncode != 0:
-                break
-            subprocess.run(["pkill", f"-{sig}", "-f", temp], check=False)
-            time.sleep(5)
-        assert subprocess.run(["pgrep", "-f", temp], capture_output=True).returncode != 0, \
-            "processes of the fake cluster survived"
+        stop_process_group(head, grace_s=30)
+        for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
+            for p in _processes_under(temp):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p, sig)
+            deadline = time.monotonic() + 5
+            while _processes_under(temp) and time.monotonic() < deadline:
+                time.sleep(0.2)
+        assert not _processes_under(temp), "processes of the fake cluster survived"
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _processes_under(temp: str) -> list[int]:
+    return [p.pid for p in local_processes() if p.alive and temp in p.cmdline]
 
 
 @pytest.mark.services

@@ -137,8 +137,14 @@ def observed_run(ray_cluster, object_store, prometheus_bin, tmp_path_factory):
     with LocalPrometheus(targets=ray_metrics_targets(), scrape_s=1.0) as prom:
         start = time.time()
         summary = run_training(tc, train, val, timeline_dir=str(timeline), scaling=scaling)
-        # Ray's metrics agent exports what workers reported at most ~10 s ago; let it catch up.
-        time.sleep(15)
+        # Ray's metrics agent exports what workers reported up to ~10 s ago: wait until every
+        # panel has data (or 30 s, and the panel test names the empty ones).
+        deadline = time.time() + 30
+        while time.time() < deadline and any(
+                not prom.query_range(expr, start - 5, time.time(), step=2)
+                for _, _, expr in _panel_queries()):
+            time.sleep(1)
+        time.sleep(2)  # one more scrape after the last panel filled
         yield {"prom": prom, "summary": summary, "start": start - 5, "end": time.time(),
                "timeline": timeline}
 

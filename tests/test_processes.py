@@ -53,3 +53,22 @@ def test_stopping_a_service_stops_its_children_too(tmp_path):
     while [p for p in find("feedline-process-probe") if p.alive]:
         assert time.monotonic() < deadline, find("feedline-process-probe")
         time.sleep(0.05)
+
+
+def test_the_leader_shuts_its_children_down_itself_before_the_group_is_signalled(tmp_path):
+    # Like `ray start --block`, which drains its node through the GCS it started: the leader's
+    # own shutdown needs its child alive when the SIGTERM arrives.
+    marker = tmp_path / "marker"
+    script = (f"{sys.executable} -c '{SLEEPER}' & child=$!; "
+              f"trap 'kill -0 $child && echo child-alive > {marker}; kill $child; wait $child; "
+              f"exit 0' TERM; wait")
+    proc = start_service(["bash", "-c", script], dict(os.environ), str(tmp_path / "log"))
+    deadline = time.monotonic() + 10
+    while not [p for p in find("feedline-process-probe") if p.pid != proc.pid]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    started = time.monotonic()
+    stop_process_group(proc, grace_s=20)
+    assert time.monotonic() - started < 5  # no waiting out the grace period
+    assert marker.read_text() == "child-alive\n" and proc.returncode == 0
+    assert not [p for p in find("feedline-process-probe") if p.alive]
