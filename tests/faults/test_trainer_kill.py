@@ -1,7 +1,7 @@
 """A trainer fault, in tier 2+3's end-to-end slice: digits from SeaweedFS, through the
-preprocessing actor pool, into 2 Ray Train DDP workers on CPU; checkpoints written to s3://. One training worker is
-killed (SIGKILL) after the first checkpoint: the run restarts from it and still reaches the
-accuracy target."""
+preprocessing actor pool, into 2 Ray Train DDP workers on CPU; checkpoints written to s3://.
+One training worker is killed (SIGKILL) once the first checkpoint is registered: the run
+restarts from it and still reaches the accuracy target."""
 
 import json
 import os
