@@ -111,17 +111,33 @@ def _sync(device: torch.device) -> None:
 
 
 def _evaluate(model: nn.Module, batches, device, mean, std, totals: EpochTotals) -> None:
+    """Validation on this rank's share of the validation units, here and now: no collectives.
+    It runs the module DDP wraps, not the wrapper, whose forward broadcasts rank 0's buffers
+    (BatchNorm statistics) at every call, a collective that ranks with different batch counts
+    (a rank may have no validation units at all) would not all join: a hang. Every rank calls
+    `_share_buffers` before it instead."""
+    net = getattr(model, "module", model)
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
-    model.eval()
+    net.eval()
     with torch.no_grad():
         for block in batches:
             x = normalize_on_device(torch.from_numpy(block[IMAGE]).to(device), mean, std)
             y = torch.from_numpy(block[LABEL]).to(device)
-            logits = model(x)
+            logits = net(x)
             totals.val_loss_sum += loss_fn(logits, y).item()
             totals.val_correct += (logits.argmax(1) == y).sum().item()
             totals.val_count += len(y)
-    model.train()
+    net.train()
+
+
+def _share_buffers(model: nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm statistics) to every rank, as DDP's forward does, so that
+    every rank validates with the same model. A collective: every rank calls it, validation
+    units or not."""
+    net = getattr(model, "module", model)
+    if net is not model and dist.is_initialized():
+        for buffer in net.buffers():
+            dist.broadcast(buffer.data, src=0)
 
 
 def _save(model: nn.Module, optimizer, epoch: int, step: int, directory: str) -> None:
@@ -366,6 +382,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     def validate_inside_epoch() -> bool:
         t = EpochTotals()
+        _share_buffers(model)
         if evaluator is not None:
             evaluator.start_pass()
             _evaluate(model, evaluator({"seq": np.arange(len(val_units))}), device, mean, std, t)
@@ -421,6 +438,8 @@ def train_loop_per_worker(config: dict) -> None:
         if step.steps:
             monitor.add_steps.remote(rank, step.steps)
             step.steps = []
+        if val_cfg is not None:
+            _share_buffers(model)
         if evaluator is not None:  # ranks without val units still join the all-reduce
             evaluator.start_pass()
             blocks = evaluator({"seq": np.arange(len(val_units))})
