@@ -3,20 +3,27 @@
     python jobs/soak.py --out runs/soak                # digits, 10 epochs, 2 DDP workers
     python jobs/soak.py --out runs/soak --synthetic 2000 --image-size 64
 
-Starts the embedded object store and a local Ray (or joins one with --data/--endpoint), trains,
-and samples every second: the resident memory (RSS) of every Ray worker process of the run
-(pool actors, trainers, the Train controller, Ray Data's coordinators) and the object store's
-use as Ray's own metrics export reports it (`ray_object_store_memory`). Each sample is placed in
-the epoch it was taken in (the run's per-epoch timestamps). The check: at the end of epoch
-`--last` (10) every process alive since epoch `--first` (2) holds no more than 10% more RSS than
-at the end of that epoch, and the mean object-store use of the last epoch is within 10% of the
-first one (or 16 MiB, whichever is larger: a few blocks in flight swing tiny figures by more
+Starts the embedded object store and a local Ray, trains, and samples every second: the
+resident memory (RSS) of every Ray worker process of the run (pool actors, trainers, the Train
+controller, Ray Data's coordinators) and the object store's use as Ray's own metrics export
+reports it (`ray_object_store_memory`). Each sample is placed in the epoch it was taken in (the
+run's per-epoch timestamps). The check: at the end of epoch `--last` (10) every process alive at
+the end of epoch `--first` (2) holds no more than 10% more RSS than then (a process that ended
+earlier, as pool actors do once the stream is preprocessed: at the end of the last epoch it
+outlived), and the mean object-store use of the last epoch is within 10% of the first one (or
+16 MiB, whichever is larger: a few blocks in flight swing tiny figures by more
 than 10%). Writes DIR/samples.csv and DIR/soak.json, prints a table, exits 1 when memory grew.
+
+The pool's reads go through a local proxy capped at --read-kb-per-s: uncapped, the pool
+preprocesses a small data set's whole 10-epoch stream within the first epochs (Ray Data runs
+ahead until its object-store budget is full), and its actors would not be alive to be measured
+at the last epoch. Capped, preprocessing is the bottleneck and the actors live to the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -48,6 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="train on this many synthetic 320x256 JPEGs (imagenet recipe) instead "
                         "of the digits")
     p.add_argument("--image-size", type=int, default=64, help="model input side (synthetic)")
+    p.add_argument("--read-kb-per-s", type=float, default=12.0,
+                   help="cap on the pool's reads from the object store (a local proxy), so "
+                        "that preprocessing keeps pace with training and the pool actors live "
+                        "through the last epoch instead of running the whole stream ahead "
+                        "within the first epochs; 0: no cap")
     p.add_argument("--num-workers", type=int, default=2, help="DDP ranks")
     p.add_argument("--interval-s", type=float, default=1.0, help="seconds between samples")
     return p.parse_args(argv)
@@ -94,25 +106,34 @@ def epoch_of(t: float, ends: list[float]) -> int:
 
 
 def verdict(samples, ends: list[float], first: int, last: int) -> dict:
-    """Per process: RSS at the end of epoch `first` and of epoch `last`; the object store's mean
-    use in each; and whether each stayed within the tolerance."""
-    at_end: dict[tuple[int, int], tuple[str, float]] = {}
+    """Per process alive at the end of epoch `first`: its RSS then, against its RSS at the end
+    of the latest epoch up to `last` that it outlived (the last sample taken in that epoch,
+    while it went on working). That is `last` for processes that live through the run; pool
+    actors end once the stream is preprocessed, and a process's last samples, taken while it
+    shuts down, are not a measure of growth. Also the object store's mean use in `first` and
+    `last`, and whether each stayed within the tolerance."""
+    by_pid: dict[int, dict[int, tuple[str, float]]] = {}
     store: dict[int, list[float]] = {first: [], last: []}
+    after_run = len(ends) + 1
     for t, pid, title, value in samples:
-        epoch = epoch_of(t, ends)
-        if epoch not in (first, last):
-            continue
+        epoch = epoch_of(t, ends) or after_run
         if pid == 0:
-            store[epoch].append(value)
-        else:
-            at_end[(epoch, pid)] = (title, value)  # samples are in time order: the last wins
+            if epoch in store:
+                store[epoch].append(value)
+        else:  # samples are in time order: the last one in each epoch wins
+            by_pid.setdefault(pid, {})[epoch] = (title, value)
     processes = []
-    for (epoch, pid), (title, before) in sorted(at_end.items()):
-        if epoch != first or (last, pid) not in at_end:
+    for pid, at_end in sorted(by_pid.items()):
+        latest = max(at_end)
+        outlived = [e for e in at_end if first < e <= last and latest > e]
+        if first not in at_end or not outlived:
             continue
-        after = at_end[(last, pid)][1]
+        at = max(outlived)
+        title, before = at_end[first]
+        after = at_end[at][1]
         processes.append({"pid": pid, "title": title, "rss_mb_first": round(before, 1),
-                          "rss_mb_last": round(after, 1), "growth": round(after / before - 1, 4),
+                          "compared_at_epoch": at, "rss_mb_last": round(after, 1),
+                          "growth": round(after / before - 1, 4),
                           "ok": after <= before * (1 + TOLERANCE)})
     mean = {e: sum(v) / len(v) if v else 0.0 for e, v in store.items()}
     store_ok = mean[last] <= max(mean[first] * (1 + TOLERANCE), mean[first] + STORE_FLOOR_MB)
@@ -133,11 +154,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from cluster.config import TrainConfig
     from cluster.prometheus import ray_metrics_targets
+    from cluster.throttle import ThrottledProxy
     from cluster.trainer import run_training
-    from pipelines import PipelineConfig, PreprocessConfig, SourceConfig
+    from pipelines import PipelineConfig, PreprocessConfig, SourceConfig, StorageConfig
     from pipelines.datasets import write_digits, write_synthetic
 
-    with EmbeddedObjectStore(data_dir=tempfile.mkdtemp(prefix="feedline-soak-")) as store:
+    with contextlib.ExitStack() as stack:
+        store = stack.enter_context(
+            EmbeddedObjectStore(data_dir=tempfile.mkdtemp(prefix="feedline-soak-")))
         os.environ.update(store.env())
         if args.synthetic:
             url = write_synthetic(f"s3://{store.bucket}/soak", count=args.synthetic,
@@ -146,12 +170,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             url = write_digits(f"s3://{store.bucket}/soak").url
             pre = PreprocessConfig(recipe="small", image_size=8, max_actors=2)
+        storage = StorageConfig()
+        if args.read_kb_per_s > 0:
+            proxy = stack.enter_context(ThrottledProxy(
+                "127.0.0.1", store.s3_port, bytes_per_s=args.read_kb_per_s * 1000))
+            storage = StorageConfig(endpoint=proxy.endpoint)
         ray.init(address="local", resources={"preprocess_cpu": float(os.cpu_count() or 2)},
                  include_dashboard=False)
         try:
-            train = PipelineConfig(source=SourceConfig(url=f"{url}/train"), preprocess=pre)
-            val = PipelineConfig(source=SourceConfig(url=f"{url}/val"), preprocess=pre,
-                                 train=False, shuffle=False)
+            train = PipelineConfig(source=SourceConfig(url=f"{url}/train", storage=storage),
+                                   preprocess=pre)
+            val = PipelineConfig(source=SourceConfig(url=f"{url}/val", storage=storage),
+                                 preprocess=pre, train=False, shuffle=False)
             tc = TrainConfig(epochs=args.epochs, batch_size=32, lr=0.05,
                              num_workers=args.num_workers, cpus_per_worker=1,
                              storage_path=os.path.abspath(os.path.join(args.out, "results")),
@@ -175,10 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     with open(os.path.join(args.out, "soak.json"), "w") as f:
         json.dump(result, f, indent=2)
     print(f"\n{'process':<48} {'pid':>7} {'epoch ' + str(args.first):>9} "
-          f"{'epoch ' + str(last):>9} {'growth':>7}")
+          f"{'epoch N':>9} {'N':>3} {'growth':>7}")
     for p in result["processes"]:
         print(f"{p['title'][:48]:<48} {p['pid']:>7} {p['rss_mb_first']:>8.0f}M "
-              f"{p['rss_mb_last']:>8.0f}M {100 * p['growth']:>6.1f}%{'' if p['ok'] else '  !'}")
+              f"{p['rss_mb_last']:>8.0f}M {p['compared_at_epoch']:>3} "
+              f"{100 * p['growth']:>6.1f}%{'' if p['ok'] else '  !'}")
     print(f"{'object store (mean use)':<48} {'':>7} {result['object_store_mb_first']:>8.1f}M "
           f"{result['object_store_mb_last']:>8.1f}M")
     print(f"\nmemory flat from epoch {args.first} to {last}: "

@@ -21,24 +21,40 @@ def samples(actor_mb_at: dict[float, float], store_mb: float = 100.0, store_last
 
 
 def test_flat_memory_passes():
-    v = soak.verdict(samples({12.0: 500.0, 19.0: 510.0, 25.0: 520.0, 29.0: 540.0}), ENDS, 2, 3)
+    v = soak.verdict(samples({12.0: 500.0, 19.0: 510.0, 25.0: 520.0, 29.0: 540.0, 31.0: 540.0}),
+                     ENDS, 2, 3)
     assert v["ok"] and {p["pid"] for p in v["processes"]} == {7, 8}
     [actor] = [p for p in v["processes"] if p["pid"] == 7]
     # compared at the end of each epoch: the last sample in it wins
     assert (actor["rss_mb_first"], actor["rss_mb_last"]) == (510.0, 540.0)
+    assert actor["compared_at_epoch"] == 3
+
+
+def test_a_process_that_ended_early_is_compared_at_the_last_epoch_it_outlived():
+    # epochs of 10 s; a pool actor lives into epoch 4 and grows only while shutting down
+    ends = [10.0, 20.0, 30.0, 40.0, 50.0]
+    actor = [(t, 7, "ray::MapWorker(Preprocessor)", mb)
+             for t, mb in ((19.0, 500.0), (29.0, 505.0), (33.0, 506.0), (34.0, 590.0))]
+    trainer = [(t, 8, "ray::RayTrainWorker", 900.0) for t in (19.0, 49.0, 51.0)]
+    v = soak.verdict(sorted(actor + trainer), ends, 2, 5)
+    by_pid = {p["pid"]: p for p in v["processes"]}
+    assert by_pid[7]["compared_at_epoch"] == 3 and by_pid[7]["rss_mb_last"] == 505.0
+    assert by_pid[8]["compared_at_epoch"] == 5
+    assert v["ok"]
 
 
 def test_a_process_growing_past_ten_percent_fails_and_is_named():
-    v = soak.verdict(samples({19.0: 500.0, 29.0: 560.0}), ENDS, 2, 3)
+    v = soak.verdict(samples({19.0: 500.0, 29.0: 560.0, 31.0: 560.0}), ENDS, 2, 3)
     assert not v["ok"]
     assert [p["title"] for p in v["processes"] if not p["ok"]] == ["ray::MapWorker(Preprocessor)"]
 
 
 def test_object_store_growth_fails_beyond_ten_percent_and_the_floor():
     # +30 MiB on 100: past 10% and past the 16 MiB floor
-    assert not soak.verdict(samples({19.0: 500.0, 29.0: 500.0}, 100.0, 130.0), ENDS, 2, 3)["ok"]
+    flat = {19.0: 500.0, 29.0: 500.0, 31.0: 500.0}
+    assert not soak.verdict(samples(flat, 100.0, 130.0), ENDS, 2, 3)["ok"]
     # +12 MiB on 20: 60%, but under the floor for tiny figures
-    assert soak.verdict(samples({19.0: 500.0, 29.0: 500.0}, 20.0, 32.0), ENDS, 2, 3)["ok"]
+    assert soak.verdict(samples(flat, 20.0, 32.0), ENDS, 2, 3)["ok"]
 
 
 def test_processes_not_alive_in_both_epochs_are_not_compared_and_none_at_all_fails():
