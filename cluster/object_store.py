@@ -3,6 +3,8 @@ endpoint on 127.0.0.1, for the demo and the tests. Any other S3 endpoint works t
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import secrets
 import shutil
@@ -123,8 +125,10 @@ class EmbeddedObjectStore:
                 "-admin.ui=false", f"-master.volumeSizeLimitMB={_VOLUME_MB}",
                 f"-volume.max={_VOLUMES}"]
         args += [f"-{flag}={port}" for flag, port in ports.items()]
+        # TMPDIR: weed writes its glog files there; keep them with the data, not in /tmp.
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key,
-               "AWS_SECRET_ACCESS_KEY": self.secret_key, "S3_BUCKET": self.bucket}
+               "AWS_SECRET_ACCESS_KEY": self.secret_key, "S3_BUCKET": self.bucket,
+               "TMPDIR": self.data_dir}
         self._proc = start_service(args, env, self.log_path)
         try:
             wait_ready(self._proc, self._bucket_answers, timeout_s, "weed mini", self.log_path)
@@ -147,6 +151,17 @@ class EmbeddedObjectStore:
     def stop(self) -> None:
         proc, self._proc = self._proc, None
         stop_process_group(proc)
+        if proc is not None:
+            self._remove_sockets()
+
+    def _remove_sockets(self) -> None:
+        # weed opens a unix socket per server at /tmp/seaweedfs-<server>-<port>.sock (a fixed
+        # directory, whatever TMPDIR says) and leaves them behind when it stops.
+        for port in self._ports.values():
+            for p in (port, port + 10000):
+                for path in glob.glob(f"/tmp/seaweedfs-*-{p}.sock"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
 
     def __enter__(self) -> EmbeddedObjectStore:
         return self.start()

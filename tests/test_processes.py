@@ -1,11 +1,14 @@
 """Tier 1: local processes as the soak script and the fault tests see them, and services stopped
-with everything they started."""
+with everything they started; tier 3: the object store stopped leaves nothing in /tmp."""
 
+import glob
 import os
 import signal
 import subprocess
 import sys
 import time
+
+import pytest
 
 from cluster.processes import local_processes, start_service, stop_process_group
 
@@ -72,3 +75,24 @@ def test_the_leader_shuts_its_children_down_itself_before_the_group_is_signalled
     assert time.monotonic() - started < 5  # no waiting out the grace period
     assert marker.read_text() == "child-alive\n" and proc.returncode == 0
     assert not [p for p in find("feedline-process-probe") if p.alive]
+
+
+@pytest.mark.services
+def test_a_stopped_object_store_leaves_nothing_behind_in_tmp(tmp_path):
+    """weed puts a unix socket per server in /tmp and its log files in TMPDIR; a stopped store
+    removes its sockets and keeps its logs in its data directory (hundreds of stale sockets
+    piled up in /tmp over a day of test runs before)."""
+    from cluster.object_store import EmbeddedObjectStore
+
+    def in_tmp():
+        return set(glob.glob("/tmp/seaweedfs-*.sock")) | set(glob.glob("/tmp/weed.*"))
+
+    before = in_tmp()
+    store = EmbeddedObjectStore(data_dir=str(tmp_path / "store")).start()
+    try:
+        assert {os.path.basename(p).rsplit("-", 1)[0] for p in in_tmp() - before} >= {
+            "seaweedfs-s3", "seaweedfs-filer"}  # what the check below looks for exists
+    finally:
+        store.stop()
+    assert in_tmp() - before == set()
+    assert any(name.startswith("weed.") for name in os.listdir(tmp_path / "store"))
