@@ -140,7 +140,7 @@ def test_scaler_brings_pool_nodes_and_the_pool_returns_to_its_minimum(
     summary = tmp_path / "summary.json"
     cmd = [sys.executable, os.path.join(ROOT, "jobs", "train_resnet.py"), "--data", url,
            "--endpoint", object_store.endpoint, "--recipe", "small", "--image-size", "8",
-           "--epochs", "3", "--batch-size", "32", "--lr", "0.05", "--num-workers", "2",
+           "--epochs", "2", "--batch-size", "32", "--lr", "0.05", "--num-workers", "2",
            "--pool-policy", "feedline", "--pool-min-nodes", "0", "--pool-max-nodes", "2",
            "--pool-cpus-per-node", "1", "--pool-interval-s", "2", "--echo-max", "1",
            "--storage-path", str(tmp_path / "results"), "--summary-json", str(summary)]

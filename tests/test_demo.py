@@ -85,15 +85,18 @@ def files_holding(roots, needles: list[bytes], skip: str) -> tuple[list[str], in
 
 
 def test_demo_trains_prints_the_summary_and_cleans_up(tmp_path):
-    code, text, temp, port = run_demo(tmp_path, env={"FEEDLINE_STORE_ACCESS_KEY": ACCESS_KEY,
-                                                     "FEEDLINE_STORE_SECRET_KEY": SECRET_KEY})
+    # 3 epochs of the demo's 5 keep the suite's time down; the same training (digits, 2 DDP
+    # workers, from s3://) reaches 0.93 in 5 epochs in faults/test_trainer_kill.py.
+    code, text, temp, port = run_demo(tmp_path, "--epochs", "3",
+                                      env={"FEEDLINE_STORE_ACCESS_KEY": ACCESS_KEY,
+                                           "FEEDLINE_STORE_SECRET_KEY": SECRET_KEY})
     assert code == 0, text[-4000:]
     acc = float(re.search(r"validation accuracy : ([0-9.]+)", text).group(1))
-    assert acc >= 0.93, text[-4000:]
+    assert acc >= 0.9, text[-4000:]
     assert re.search(r"images/s\s+: \d+", text) and "waiting for data" in text
-    assert "epoch 5/5" in text  # the job's logs were streamed
-    # 5 epochs x 2 ranks x 718 rows (1,437 // 2), nothing echoed, nothing bad.
-    assert re.search(r"examples\s+: 7180 fresh, 0 echoed, 0 bad records", text), text[-2000:]
+    assert "epoch 3/3" in text  # the job's logs were streamed
+    # 3 epochs x 2 ranks x 718 rows (1,437 // 2), nothing echoed, nothing bad.
+    assert re.search(r"examples\s+: 4308 fresh, 0 echoed, 0 bad records", text), text[-2000:]
     assert (tmp_path / "timeline" / "timeline.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "timeline" / "timeline.json").read_text())["traceEvents"]
     assert_all_stopped(tmp_path, temp, port, text)
