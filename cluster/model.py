@@ -6,9 +6,9 @@ import torch
 from torch import nn
 from torchvision import models
 
-__all__ = ["MODELS", "build_model"]
+from cluster.config import MODELS
 
-MODELS = ("resnet18", "resnet34", "resnet50")
+__all__ = ["MODELS", "build_model"]
 
 
 def build_model(name: str, num_classes: int, small_input: bool = False) -> nn.Module:

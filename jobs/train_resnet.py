@@ -20,8 +20,7 @@ import time
 # checkout or a `ray job submit --working-dir .` copy without an install.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cluster.config import TrainConfig  # noqa: E402
-from cluster.model import MODELS  # noqa: E402
+from cluster.config import MODELS, TrainConfig  # noqa: E402
 from pipelines import (  # noqa: E402
     EchoConfig,
     PipelineConfig,
