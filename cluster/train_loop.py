@@ -361,7 +361,7 @@ def train_loop_per_worker(config: dict) -> None:
     val_units = val_plan.units[rank::world] if val_cfg is not None else ()
     monitor = config.get("monitor")
     run_label = config.get("run", "")
-    evaluator = (Preprocessor(val_cfg, val_units, single_thread=False,
+    evaluator = (Preprocessor(val_cfg, val_units,
                               observer=PoolReporter(run_label, monitor, stage="val"),
                               rows_per_epoch=val_plan.num_rows)
                  if val_units else None)

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import ray
+from PIL import Image
 
 from pipelines.augment import apply_batch, build_transform, decode_side
 from pipelines.badrecords import BadRecordLimit, BadRecords, label_problems
@@ -68,13 +69,8 @@ class Preprocessor:
     """
 
     def __init__(self, config: PipelineConfig, units: tuple[WorkUnit, ...],
-                 single_thread: bool = True, observer: BlockObserver | None = None,
+                 observer: BlockObserver | None = None,
                  factor_source: FactorSource | None = None, rows_per_epoch: int | None = None):
-        import torch
-
-        if single_thread:
-            # One actor = one pool core: intra-op threads would only fight the other actors.
-            torch.set_num_threads(1)
         self.config, self.units = config, units
         p = config.preprocess
         self.loc = resolve(config.source.url, config.source.storage)
@@ -132,23 +128,23 @@ class Preprocessor:
                                why=str(e).strip().splitlines()[0] if str(e).strip() else "")
             return None
 
-    def _augment(self, arrays: list[np.ndarray], labels: np.ndarray, keys: np.ndarray,
-                 rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """The block of decoded `arrays`: augmented, and echoed when this stream echoes."""
+    def _augment(self, images: list[Image.Image], labels: np.ndarray, keys: np.ndarray,
+                 aug_rng: np.random.Generator, echo_rng: np.random.Generator
+                 ) -> dict[str, np.ndarray]:
+        """The block of decoded `images`: augmented, and echoed when this stream echoes."""
         size = self.config.preprocess.image_size
         if self.echo is None:
-            return {IMAGE: apply_batch(self.transform, arrays, size), LABEL: labels, KEY: keys}
-        counts = copy_counts(len(arrays), self.factor_source.factor(), rng)
+            return {IMAGE: apply_batch(self.transform, images, size, aug_rng), LABEL: labels,
+                    KEY: keys}
+        counts = copy_counts(len(images), self.factor_source.factor(), echo_rng)
         if self.echo.mode == "example":  # echo before augmentation: each copy its own crop
-            arrays = [a for a, c in zip(arrays, counts, strict=True) for _ in range(c)]
-            return {IMAGE: apply_batch(self.transform, arrays, size),
+            images = [a for a, c in zip(images, counts, strict=True) for _ in range(c)]
+            return {IMAGE: apply_batch(self.transform, images, size, aug_rng),
                     **repeat_rows({LABEL: labels, KEY: keys}, counts)}
-        return repeat_rows({IMAGE: apply_batch(self.transform, arrays, size), LABEL: labels,
-                            KEY: keys}, counts)
+        return repeat_rows({IMAGE: apply_batch(self.transform, images, size, aug_rng),
+                            LABEL: labels, KEY: keys}, counts)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        import torch
-
         cfg, p = self.config, self.config.preprocess
         seqs = batch[SEQ]
         # Echoed copies leave through a shuffle buffer. Ray Data cannot tell an actor that the
@@ -170,11 +166,9 @@ class Preprocessor:
             order = np.arange(n)
             if cfg.shuffle:
                 np.random.default_rng([cfg.seed, epoch, index]).shuffle(order)
-            if cfg.train:
-                # Seed torch's RNG per unit: the same seed, epoch and unit give the same
-                # augmentation whichever actor processes it. (Validation transforms are
-                # deterministic; leave the RNG of the trainer process that runs them alone.)
-                torch.manual_seed(hash((cfg.seed, epoch, index)) & 0x7FFFFFFF)
+            # Seeded per unit: the same seed, epoch and unit give the same augmentation
+            # whichever actor processes it.
+            aug_rng = np.random.default_rng([cfg.seed, epoch, index, 3])
             echo_rng = np.random.default_rng([cfg.seed, epoch, index, 2])
             for start in range(0, n, p.output_rows):
                 take = order[start : start + p.output_rows]
@@ -185,12 +179,13 @@ class Preprocessor:
                                        + (f" of 0..{num_classes - 1}" if num_classes else ""))
                 take = take[~bad_label]
                 keys = rows[KEY][take]
-                arrays, kept = decode_many(rows[IMAGE][take], keys, self.stats, self.min_side,
+                images, kept = decode_many(rows[IMAGE][take], keys, self.stats, self.min_side,
                                            shard, epoch)
                 report.fresh += len(kept)
                 if not kept:
                     continue
-                block = self._augment(arrays, rows[LABEL][take][kept], keys[kept], echo_rng)
+                block = self._augment(images, rows[LABEL][take][kept], keys[kept], aug_rng,
+                                      echo_rng)
                 for out in (buffer.add(block) if buffer is not None else (block,)):
                     report.block(len(out[LABEL]), epoch)
                     yield out

@@ -1,4 +1,5 @@
-"""Pure decoding: encoded image bytes -> uint8 HWC RGB arrays; bad input counted, not raised."""
+"""Pure decoding: encoded image bytes -> RGB images (PIL, or uint8 HWC arrays); bad input counted,
+not raised."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipelines.badrecords import BadRecords
 
-__all__ = ["decode_image", "decode_many"]
-
+__all__ = ["decode_pil", "decode_image", "decode_many"]
 
 
 def decode_image(data: bytes, min_side: int | None = None) -> np.ndarray:
-    """Decode `data` to a (H, W, 3) uint8 RGB array.
+    """Decode `data` to a (H, W, 3) uint8 RGB array (see `decode_pil`)."""
+    return np.asarray(decode_pil(data, min_side))
+
+
+def decode_pil(data: bytes, min_side: int | None = None) -> Image.Image:
+    """Decode `data` to an RGB PIL image.
 
     With `min_side`, JPEGs are decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose shorter
     side is still >= `min_side` (PIL draft mode): the bytes a crop of that size needs, at a
@@ -30,16 +35,17 @@ def decode_image(data: bytes, min_side: int | None = None) -> np.ndarray:
         scale = min_side / min(w, h)
         if scale < 1.0:
             img.draft("RGB", (max(1, int(w * scale + 0.5)), max(1, int(h * scale + 0.5))))
-    img = ImageOps.exif_transpose(img)
+    ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of an upright image
     if img.mode in _WIDE_GRAY:
-        return _wide_gray_to_rgb(img)
+        return Image.fromarray(_wide_gray_to_rgb(img), "RGB")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")  # PIL warns when a palette with transparency goes to RGB
     if img.mode != "RGB":
         # Alpha is dropped, as PIL's and torchvision's own loaders do; CMYK and YCbCr JPEGs,
         # palettes, 1-bit and gray images are converted by PIL.
         img = img.convert("RGB")
-    return np.asarray(img)
+    img.load()  # a JPEG already in RGB is decoded lazily: decode now, so errors are caught here
+    return img
 
 
 _WIDE_GRAY = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -75,17 +81,17 @@ def _kind(err: Exception, data: bytes | None) -> str:
 def decode_many(
     images, keys, stats: BadRecords, min_side: int | None = None, shard: str = "",
     epoch: int = 0,
-) -> tuple[list[np.ndarray], list[int]]:
-    """Decode a batch; returns the arrays and the indices of the rows that decoded. The others
-    are counted in `stats` (as records of `shard`, in `epoch`)."""
+) -> tuple[list[Image.Image], list[int]]:
+    """Decode a batch; returns the RGB images and the indices of the rows that decoded. The
+    others are counted in `stats` (as records of `shard`, in `epoch`)."""
     out, kept = [], []
     for i, (data, key) in enumerate(zip(images, keys, strict=True)):
         try:
-            arr = decode_image(data, min_side)
+            img = decode_pil(data, min_side)
         except Exception as e:  # noqa: BLE001 - any decoder failure is a bad record
             stats.add_bad(_kind(e, data), str(key), shard, epoch, why=str(e))
             continue
-        out.append(arr)
+        out.append(img)
         kept.append(i)
     stats.ok += len(kept)
     return out, kept

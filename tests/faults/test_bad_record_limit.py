@@ -59,7 +59,7 @@ def test_each_validation_pass_is_held_against_the_limit_on_its_own(tmp_path):
                          preprocess=PreprocessConfig(recipe="small", image_size=8),
                          train=False, shuffle=False)
     units = plan_source(cfg.source).units
-    evaluator = Preprocessor(cfg, units, single_thread=False)
+    evaluator = Preprocessor(cfg, units)
     for _ in range(3):  # three validations, one bad record each: within the limit every time
         evaluator.start_pass()
         assert sum(len(b["label"]) for b in evaluator({"seq": np.arange(len(units))})) == 99
