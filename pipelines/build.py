@@ -2,7 +2,7 @@
 
 Shape of the stream, chosen for speed (see README, "Why one stream"):
 
-    read_datasource(UnitIndex(epochs*units))        stream positions, a few per block, lazily
+    unit_positions(epochs*units)                    stream positions, a few per block, put up front
       -> map_batches(Preprocessor, ActorPoolStrategy(min, max), resources={pool: 1}, num_cpus=0)
            per position: read its unit from object storage -> decode -> augment ->
            uint8 (N, 3, S, S) blocks, each sent on as soon as it is made
@@ -29,7 +29,7 @@ from pipelines.badrecords import BadRecordLimit, BadRecords, label_problems
 from pipelines.config import PipelineConfig
 from pipelines.decode import decode_many
 from pipelines.echo import FactorSource, FixedFactor, ShuffleBuffer, copy_counts, repeat_rows
-from pipelines.index import SEQ, UnitIndex
+from pipelines.index import SEQ, unit_positions
 from pipelines.observe import BlockObserver, BlockSpan
 from pipelines.sources import (
     IMAGE,
@@ -43,11 +43,11 @@ from pipelines.sources import (
 )
 from pipelines.storage import explain, resolve, retry_transient
 
-__all__ = ["build_dataset", "Preprocessor", "unit_order", "MAX_INDEX_TASKS"]
+__all__ = ["build_dataset", "Preprocessor", "unit_order", "MAX_INDEX_BLOCKS"]
 
 log = logging.getLogger(__name__)
-MAX_INDEX_TASKS = 512
-"""Most read tasks the work-unit index is cut into (Ray Data stores each before the first block)."""
+MAX_INDEX_BLOCKS = 512
+"""Most blocks the stream of work-unit positions is cut into (each is put before the first batch)."""
 
 
 def unit_order(num_units: int, epoch: int, seed: int, shuffle: bool) -> np.ndarray:
@@ -250,15 +250,12 @@ def build_dataset(config: PipelineConfig, *, plan: ShardPlan | None = None,
     plan = plan or plan_source(config.source)
     p = config.preprocess
     n = config.epochs * len(plan.units)
-    # Group positions so the stream needs at most MAX_INDEX_TASKS read tasks (start-up cost),
-    # but keep each group well under one epoch's share per actor: actors work on different
-    # groups at once, and a group that spans an epoch boundary mixes two epochs' units.
-    per_task = max(1, min(-(-n // MAX_INDEX_TASKS), len(plan.units) // (2 * p.max_actors)))
-    index = UnitIndex(n, per_task)
-    # The index reads take no CPU (they must not wait behind trainers that hold every CPU of a
-    # node), so they need a concurrency cap: zero-CPU tasks are otherwise launched without bound.
-    seqs = ray.data.read_datasource(index, override_num_blocks=index.num_tasks, num_cpus=0,
-                                    concurrency=1)
+    # Group positions so the stream has at most MAX_INDEX_BLOCKS blocks (each is put into the
+    # object store before the first batch), but keep each group well under one epoch's share
+    # per actor: actors work on different groups at once, and a group that spans an epoch
+    # boundary mixes two epochs' units.
+    per_block = max(1, min(-(-n // MAX_INDEX_BLOCKS), len(plan.units) // (2 * p.max_actors)))
+    seqs = unit_positions(n, per_block)
     ds = seqs.map_batches(
         Preprocessor,
         fn_constructor_kwargs={"config": config, "units": plan.units, "observer": observer,
