@@ -29,7 +29,7 @@ from pipelines.badrecords import BadRecordLimit, BadRecords, label_problems
 from pipelines.config import PipelineConfig
 from pipelines.decode import decode_many
 from pipelines.echo import FactorSource, FixedFactor, ShuffleBuffer, copy_counts, repeat_rows
-from pipelines.index import SEQ, unit_positions
+from pipelines.index import positions_of, unit_positions
 from pipelines.observe import BlockObserver, BlockSpan
 from pipelines.sources import (
     IMAGE,
@@ -47,7 +47,7 @@ __all__ = ["build_dataset", "Preprocessor", "unit_order", "MAX_INDEX_BLOCKS"]
 
 log = logging.getLogger(__name__)
 MAX_INDEX_BLOCKS = 512
-"""Most blocks the stream of work-unit positions is cut into (each is put before the first batch)."""
+"""Most blocks the stream of positions is cut into (each is put before the first batch)."""
 
 
 def unit_order(num_units: int, epoch: int, seed: int, shuffle: bool) -> np.ndarray:
@@ -146,7 +146,7 @@ class Preprocessor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         cfg, p = self.config, self.config.preprocess
-        seqs = batch[SEQ]
+        seqs = positions_of(batch)
         # Echoed copies leave through a shuffle buffer. Ray Data cannot tell an actor that the
         # stream ended, so the buffer is flushed at the end of every call: nothing is held back.
         buffer = (ShuffleBuffer(self.echo.shuffle_rows, p.output_rows,

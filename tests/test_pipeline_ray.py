@@ -56,3 +56,16 @@ def test_a_cluster_without_the_pool_fails_instead_of_waiting_forever(ray_cluster
                                     actor_start_timeout_s=5))
     with pytest.raises(ray.exceptions.GetTimeoutError, match="Timed out while starting actors"):
         build_dataset(cfg).take_batch(10)
+
+
+def test_positions_come_in_ranges_that_cover_the_stream_once(ray_cluster):
+    from pipelines.index import positions_of, unit_positions
+
+    ds = unit_positions(23, 5)
+    assert ds.num_blocks() == 5
+    rows = ds.take_all()
+    batch = {k: np.array([r[k] for r in rows]) for k in rows[0]}
+    assert positions_of(batch).tolist() == list(range(23))
+    assert positions_of({"seq": np.array([4, 2])}).tolist() == [4, 2]
+    with pytest.raises(ValueError, match="at least one position"):
+        unit_positions(0, 5)
