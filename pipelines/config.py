@@ -85,8 +85,7 @@ class PreprocessConfig:
     output_rows: int = 128
     """Rows per block the actors emit; the trainer re-batches to its own batch size. Half a
     usual batch: the first batch of 256 is then made by two actors at once (one block each)
-    instead of waiting for two full blocks; about 0.5 s less to the first batch on 2 cores, with
-    no loss in images/s (README, "First batch")."""
+    instead of waiting for two full blocks (README, "First batch")."""
     actor_start_timeout_s: int = 600
     """Seconds to wait for the first `min_actors` actors to start (time for an autoscaler to add
     pool nodes) before the run fails; Ray Data's own default waits forever."""
