@@ -160,9 +160,8 @@ def _forever(make_epoch: Callable[[], Iterable]):
 # ---------------------------------------------------------------- the systems
 def run_limit(url: str, storage: StorageConfig, seconds: float) -> dict:
     from pipelines.augment import apply_batch, build_transform, decode_side
-    from pipelines.decode import decode_image
+    from pipelines.decode import decode_pil
 
-    torch.set_num_threads(1)
     loc = resolve(url, storage)
     shards, _ = _shards(url, storage)
     blobs = []
@@ -171,12 +170,14 @@ def run_limit(url: str, storage: StorageConfig, seconds: float) -> dict:
             blobs.extend(pq.read_table(f, columns=["image"]).column("image").to_pylist())
     transform = build_transform("imagenet", SIZE, train=True)
     side = decode_side("imagenet", SIZE, train=True)
+    rng = np.random.default_rng(0)
 
     def batches():
         while True:
             for s in range(0, len(blobs) - BATCH + 1, BATCH):
-                arrays = [decode_image(b, side) for b in blobs[s:s + BATCH]]
-                yield {"image": apply_batch(transform, arrays, SIZE),
+                # The pool's own path: PIL images from decode straight into the augmentation.
+                images = [decode_pil(b, side) for b in blobs[s:s + BATCH]]
+                yield {"image": apply_batch(transform, images, SIZE, rng),
                        "label": np.zeros(BATCH, np.int64)}
 
     return measure(batches, seconds)
