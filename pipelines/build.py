@@ -269,9 +269,9 @@ def build_dataset(config: PipelineConfig, *, plan: ShardPlan | None = None,
     ds.context.wait_for_min_actors_s = p.actor_start_timeout_s
     if config.deterministic:
         ds.context.execution_options.preserve_order = True
-    # An actor call covers `per_task` units and yields one block per `output_rows` images. Ray
-    # Data merges yields until a block passes target_max_block_size (128 MiB): set it just under
-    # one full block so each block leaves as soon as it is made (and is never sliced: slicing
-    # starts at 1.5x the target).
+    # An actor call covers one range of `per_block` units and yields a block per `output_rows`
+    # images. Ray Data merges yields until a block passes target_max_block_size (128 MiB): set
+    # it just under one full block so each block leaves as soon as it is made (and is never
+    # sliced: slicing starts at 1.5x the target).
     ds.context.target_max_block_size = int(0.9 * p.output_rows * 3 * p.image_size ** 2)
     return ds
