@@ -46,7 +46,7 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     """Plain Ray CPUs each training worker holds (the preprocessing pool uses its own resource)."""
     prefetch_batches: int = 2
-    """Batches Ray Data prepares ahead of each worker."""
+    """Batches read ahead of each worker's current step, on a thread (0: read in the step)."""
     shuffle_buffer_rows: int = 0
     """Rows of Ray Data's local shuffle buffer on each worker (0 = off: the pipeline already
     shuffles units per epoch and rows within each unit)."""

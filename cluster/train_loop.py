@@ -37,6 +37,7 @@ from pipelines.badrecords import BadRecordLimit
 from pipelines.build import Preprocessor
 from pipelines.config import EchoConfig, PipelineConfig
 from pipelines.echo import ECHO, echo_batches
+from pipelines.readahead import ReadAhead
 from pipelines.sources import IMAGE, LABEL, ShardPlan
 
 __all__ = ["train_loop_per_worker", "lr_at", "Collate", "EpochTotals", "all_reduce"]
@@ -340,12 +341,14 @@ def train_loop_per_worker(config: dict) -> None:
              f"training goes on at the start of epoch {start_epoch + 1}")
 
     shard = ray.train.get_dataset_shard("train")
-    stream = shard.iter_torch_batches(
-        batch_size=tc.batch_size, collate_fn=Collate(), prefetch_batches=tc.prefetch_batches,
+    # Read ahead on our own thread: Ray Data's look-ahead holds each batch back until the
+    # next prefetch_batches are in too (pipelines/readahead.py).
+    stream = ReadAhead(shard.iter_torch_batches(
+        batch_size=tc.batch_size, collate_fn=Collate(), prefetch_batches=0,
         local_shuffle_buffer_size=tc.shuffle_buffer_rows or None,
         local_shuffle_seed=tc.seed + rank if tc.shuffle_buffer_rows else None,
         pin_memory=device.type == "cuda",
-    )
+    ), depth=tc.prefetch_batches)
     echo: EchoConfig = config.get("echo") or EchoConfig()
     control = config.get("echo_control")
     if echo.in_pool:
@@ -511,6 +514,7 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report(metrics)
         if reached:  # every rank sees the same all-reduced accuracy: all stop here
             break
+    stream.close()
     if monitor is not None:
         # This rank's reports (steps, bad validation records) are all in before the driver
         # reads the bad-record counts.

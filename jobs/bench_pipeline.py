@@ -212,8 +212,10 @@ def run_raydata(url: str, storage: StorageConfig, seconds: float) -> dict:
 
 def run_feedline(url: str, storage: StorageConfig, seconds: float, cores: int,
                  deterministic: bool = False) -> dict:
+    from cluster.config import TrainConfig
     from cluster.train_loop import Collate
     from pipelines import PipelineConfig, PreprocessConfig, build_dataset
+    from pipelines.readahead import ReadAhead
 
     _, train_url = _shards(url, storage)
 
@@ -224,7 +226,10 @@ def run_feedline(url: str, storage: StorageConfig, seconds: float, cores: int,
                                         max_actors=cores),
             epochs=100,  # 100 passes: far more than any measurement window needs
             deterministic=deterministic)
-        return build_dataset(cfg).iter_torch_batches(batch_size=BATCH, collate_fn=Collate())
+        # As the trainer reads it: no look-ahead in Ray Data, ReadAhead's own thread instead.
+        return ReadAhead(build_dataset(cfg).iter_torch_batches(
+            batch_size=BATCH, collate_fn=Collate(), prefetch_batches=0),
+            depth=TrainConfig().prefetch_batches)
 
     return measure(batches, seconds)
 

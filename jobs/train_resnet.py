@@ -120,7 +120,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--cpus-per-worker", type=float, default=1.0,
                    help="Ray CPUs each training worker holds")
     t.add_argument("--prefetch-batches", type=int, default=2,
-                   help="batches prepared ahead of each worker")
+                   help="batches read ahead of each worker's current step (0 = none)")
     t.add_argument("--shuffle-buffer", type=int, default=0,
                    help="rows in each worker's local shuffle buffer (0 = off)")
     t.add_argument("--seed", type=int, default=0, help="seed of data order and model init")
