@@ -95,18 +95,10 @@ class ReadAhead(Generic[T]):
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Stop reading ahead and wait (up to `timeout_s`) for the thread to close the source."""
-        self._stop.set()
+        self._stop.set()  # a thread waiting for room sees it within 0.1 s (`_put`)
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            while thread.is_alive():
-                try:  # make room, so a thread blocked on a full queue sees the stop
-                    self._queue.get_nowait()
-                except queue.Empty:
-                    pass
-                thread.join(timeout=0.1)
-                timeout_s -= 0.1
-                if timeout_s <= 0:
-                    break
+            thread.join(timeout=timeout_s)
 
     def __enter__(self) -> ReadAhead[T]:
         return self
