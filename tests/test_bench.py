@@ -27,4 +27,7 @@ def test_bench_pipeline_writes_every_field_for_every_system(tmp_path):
     for name, figures in result["systems"].items():
         assert FIELDS <= set(figures), name
         assert figures["images_per_s"] > 0 and figures["first_batch_s"] > 0
+    # A Ray system's cold start (the first dataset on its fresh Ray) is reported beside it.
+    assert result["systems"]["feedline"]["first_batch_cold_s"] > 0
+    assert "first_batch_cold_s" not in result["systems"]["limit"]
     assert "x limit" in run.stdout and "feedline" in run.stdout  # the printed table
