@@ -121,12 +121,14 @@ def time_to_first_batch(make_batches: Callable[[], Iterable]) -> float:
     pipeline is then stopped."""
     start = time.perf_counter()
     it = iter(make_batches())
-    next(it)
-    seconds = time.perf_counter() - start
-    close = getattr(it, "close", None)
-    if close is not None:
-        close()
-    return seconds
+    try:
+        next(it)
+        return time.perf_counter() - start
+    finally:
+        # As in measure(): no thread of the pipeline may outlive the ray.shutdown() that follows.
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
 
 
 def wait_until_idle(timeout_s: float = 60.0) -> None:
