@@ -116,6 +116,14 @@ class PeakMemory:
 
 
 # ---------------------------------------------------------------- measurement
+def _stop(it: Iterable) -> None:
+    """Stop a pipeline's own threads now: one left running touches Ray after the
+    ray.shutdown() that follows, and Ray then exits the whole process."""
+    close = getattr(it, "close", None)
+    if close is not None:
+        close()
+
+
 def time_to_first_batch(make_batches: Callable[[], Iterable]) -> float:
     """Seconds from `make_batches()` (which builds the pipeline) to its first batch; the
     pipeline is then stopped."""
@@ -125,10 +133,7 @@ def time_to_first_batch(make_batches: Callable[[], Iterable]) -> float:
         next(it)
         return time.perf_counter() - start
     finally:
-        # As in measure(): no thread of the pipeline may outlive the ray.shutdown() that follows.
-        close = getattr(it, "close", None)
-        if close is not None:
-            close()
+        _stop(it)
 
 
 def wait_until_idle(timeout_s: float = 60.0) -> None:
@@ -166,11 +171,7 @@ def measure(make_batches: Callable[[], Iterable], seconds: float) -> dict:
             if warm_at is not None and now - warm_at >= seconds:
                 break
         end = time.perf_counter()
-        # Stop the pipeline's own threads now: one left running touches Ray after the
-        # ray.shutdown() that follows, and Ray then exits the whole process.
-        close = getattr(it, "close", None)
-        if close is not None:
-            close()
+        _stop(it)
         del it
     steady = (images - warm_images) / (end - warm_at) if warm_at and end > warm_at else 0.0
     return {"images_per_s": steady, "first_batch_s": first, "images": images,
