@@ -37,6 +37,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
 from pipelines import (  # noqa: E402
+    PreprocessConfig,
     SchemaError,
     SourceConfig,
     StorageConfig,
@@ -49,6 +50,8 @@ SYSTEMS = ("limit", "dataloader", "raydata", "feedline")
 EXTRA = ("feedline-deterministic",)
 """Measured only when asked for: feedline with --deterministic (blocks in stream order)."""
 BATCH, SIZE = 256, 224
+POOL = PreprocessConfig().pool_resource
+"""The resource feedline's pool asks for, offered by each benchmark Ray."""
 
 
 # ---------------------------------------------------------------- memory sampling (/proc only)
@@ -145,7 +148,7 @@ def wait_until_idle(timeout_s: float = 60.0) -> None:
     while time.monotonic() < deadline:
         total, free = ray.cluster_resources(), ray.available_resources()
         if all(free.get(k, 0) >= v for k, v in total.items()
-               if k == "CPU" or k == "preprocess_cpu"):
+               if k in ("CPU", POOL)):
             return
         time.sleep(0.1)
     print(f"warning: Ray still busy {timeout_s:.0f} s after the cold start; measuring anyway",
@@ -252,7 +255,7 @@ def feedline_batches(url: str, storage: StorageConfig, cores: int,
                      deterministic: bool = False) -> Callable[[], Iterable]:
     from cluster.config import TrainConfig
     from cluster.train_loop import Collate
-    from pipelines import PipelineConfig, PreprocessConfig, build_dataset
+    from pipelines import PipelineConfig, build_dataset
     from pipelines.readahead import ReadAhead
 
     _, train_url = _shards(url, storage)
@@ -337,7 +340,7 @@ def main(argv=None) -> int:
                 # A fresh local Ray per system: its object store and processes are its own.
                 import ray
 
-                ray.init(address="local", num_cpus=cores, resources={"preprocess_cpu": cores},
+                ray.init(address="local", num_cpus=cores, resources={POOL: cores},
                          include_dashboard=False, log_to_driver=False)
                 try:
                     make = (raydata_batches(data, storage) if name == "raydata" else
