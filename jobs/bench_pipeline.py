@@ -6,22 +6,37 @@ on the same Parquet shards from the same object store, with the same ImageNet re
     python jobs/bench_pipeline.py --data s3://b/prefix --endpoint http://127.0.0.1:8333
 
 Systems: limit (feedline's own decode + augment in a tight loop on bytes in memory, one process:
-the per-core ceiling), dataloader (PyTorch DataLoader, one worker per core, written the way its
-users write it), raydata (read_parquet -> map_batches -> iter_torch_batches, as the Ray Data docs
-write it), feedline (pipelines.build_dataset as the trainer consumes it).
+the per-core ceiling), ceiling (the same loop in one plain process per core, each reading its
+share of the shards from the object store as the pool does, no Ray, nothing handed on: what any
+loader that reads this store on these cores could reach), dataloader (PyTorch DataLoader, one
+worker per core, written the way its users write it), raydata (read_parquet -> map_batches ->
+iter_torch_batches, as the Ray Data docs write it), feedline (pipelines.build_dataset as the
+trainer consumes it).
+
+The limit is measured first and again last, and the mean of the two is the one every ratio
+uses: the machine's speed drifts during a run (shared cores), and a limit taken only at the
+start would credit or blame the later systems for it. Both figures are in the JSON.
 
 Time to first batch runs from building the pipeline to the first batch in hand. For the Ray
-systems, `first_batch_s` is measured on a running Ray: each gets a fresh local Ray, builds its
-dataset once and stops it at the first batch (`first_batch_cold_s`: the first dataset on a new
-cluster, which also pays for starting Ray Data's own cluster-wide actors, `_StatsActor`,
-`AutoscalingCoordinator`, `ActorLocationTracker`, that stay up for the cluster's life), then is
-measured on a second dataset (first batch, steady images/s, memory).
+systems, `first_batch_s` is measured on a running Ray: each runs in a process of its own with a
+fresh local Ray, builds its dataset once and stops it at the first batch (`first_batch_cold_s`:
+the first dataset on a new cluster, which also pays for starting Ray Data's own cluster-wide
+actors, `_StatsActor`, `AutoscalingCoordinator`, `ActorLocationTracker`, that stay up for the
+cluster's life), then is measured on a second dataset (first batch, steady images/s, memory).
+
+Where the cores go: over each steady window the benchmark reads every process's CPU time from
+/proc and sums it by role (`cpu_cores` in the JSON): the system's workers (pool actors, tasks,
+worker processes), the driver (this process), Ray's own processes (raylet, GCS, agents, Ray
+Data's cluster-wide actors), the object-store server, the rest of the machine, and idle. Each
+Ray is also watched for a few seconds at rest (`ray_at_rest_cores`): what Ray itself takes
+from the cores with nothing running.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -34,7 +49,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-import torch  # noqa: E402
 
 from pipelines import (  # noqa: E402
     PreprocessConfig,
@@ -46,23 +60,23 @@ from pipelines import (  # noqa: E402
 )
 from pipelines.storage import resolve  # noqa: E402
 
-SYSTEMS = ("limit", "dataloader", "raydata", "feedline")
+SYSTEMS = ("limit", "ceiling", "dataloader", "raydata", "feedline")
 EXTRA = ("feedline-deterministic",)
 """Measured only when asked for: feedline with --deterministic (blocks in stream order)."""
 BATCH, SIZE = 256, 224
+IDLE_SAMPLE_S = 3.0
+"""Seconds each benchmark Ray is watched at rest, between its cold start and the measurement."""
 POOL = PreprocessConfig().pool_resource
 """The resource feedline's pool asks for, offered by each benchmark Ray."""
 
 
-# ---------------------------------------------------------------- memory sampling (/proc only)
-def _tree_rss_bytes(root: int, exclude: frozenset[int] = frozenset()) -> int:
-    """RSS of `root` and all its descendants (Ray's workers are children of the raylet the driver
-    started). Shared pages (the object store's mmap) count once per process that touched them.
-    One read of /proc/PID/stat per process (ppid and rss are both there): the sampler shares the
-    cores it measures, so it must stay cheap."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
+# ---------------------------------------------------------------- memory and CPU (/proc only)
+def _processes() -> dict[int, tuple[int, int, int]]:
+    """pid -> (ppid, RSS bytes, CPU ticks used) of every process. One read of /proc/PID/stat
+    each (ppid, utime, stime and rss are all there): the samplers share the cores they measure,
+    so they must stay cheap."""
     page = os.sysconf("SC_PAGE_SIZE")
+    out = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -71,18 +85,96 @@ def _tree_rss_bytes(root: int, exclude: frozenset[int] = frozenset()) -> int:
                 fields = f.read().rsplit(b")", 1)[1].split()
         except OSError:
             continue
-        # After the command name: state, ppid, ... rss is the 24th field of the whole line.
-        pid, ppid = int(entry), int(fields[1])
-        rss[pid] = int(fields[21]) * page
+        # After the command name: field N of the whole line is fields[N - 3] (state is 3rd).
+        out[int(entry)] = (int(fields[1]), int(fields[21]) * page,
+                           int(fields[11]) + int(fields[12]))
+    return out
+
+
+def _tree(root: int, procs: dict[int, tuple[int, int, int]],
+          exclude: frozenset[int] = frozenset()) -> set[int]:
+    """`root` and all its descendants (Ray's workers are children of the raylet the driver
+    started), without the trees rooted at `exclude`."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in procs.items():
         children.setdefault(ppid, []).append(pid)
-    total, stack = 0, [root]
+    found, stack = set(), [root]
     while stack:
         pid = stack.pop()
-        if pid in exclude:
-            continue
-        total += rss.get(pid, 0)
-        stack.extend(children.get(pid, []))
-    return total
+        if pid not in exclude and pid not in found:
+            found.add(pid)
+            stack.extend(children.get(pid, []))
+    return found
+
+
+def _tree_rss_bytes(root: int, exclude: frozenset[int] = frozenset()) -> int:
+    """RSS of `root` and all its descendants. Shared pages (the object store's mmap) count once
+    per process that touched them."""
+    procs = _processes()
+    return sum(procs[pid][1] for pid in _tree(root, procs, exclude) if pid in procs)
+
+
+RAY_OWN = ("raylet", "gcs_server", "dashboard/agent.py", "runtime_env/agent", "log_monitor.py",
+           "ray::DashboardAgent", "ray::IDLE", "ray::_StatsActor",
+           "ray::_AutoscalingCoordinatorActor", "ray::ActorLocationTracker")
+"""Processes that are Ray's own (daemons, agents, idle workers, Ray Data's cluster-wide actors),
+not the pipeline's work: matched in the command line (Ray sets its workers' titles)."""
+
+
+def _role(pid: int, driver: int, store: set[int], tree: set[int]) -> str:
+    if pid == driver:
+        return "driver"
+    if pid in store:
+        return "object store"
+    if pid not in tree:
+        return "other"
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "other"
+    return "Ray's own" if any(k in cmd for k in RAY_OWN) else "workers"
+
+
+def _busy_ticks() -> tuple[int, int]:
+    """(busy, all) CPU ticks of the whole machine since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return sum(ticks[:8]) - idle, sum(ticks[:8])
+
+
+class CpuSplit:
+    """Where the machine's cores go between `start()` and `stop()`, in cores: the driver (this
+    process), the pipeline's workers (its pool actors, tasks or worker processes), Ray's own
+    processes, the object-store server, everything else, and idle."""
+
+    STORE: frozenset[int] = frozenset()
+    ROLES = ("workers", "driver", "Ray's own", "object store", "other", "idle")
+
+    def start(self) -> CpuSplit:
+        self._t0, self._p0, self._m0 = time.perf_counter(), _processes(), _busy_ticks()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        t1, p1, m1 = time.perf_counter(), _processes(), _busy_ticks()
+        hz, me = os.sysconf("SC_CLK_TCK"), os.getpid()
+        store = _tree(next(iter(self.STORE)), p1) if self.STORE else set()
+        tree = _tree(me, p1, self.STORE)
+        cores = {role: 0.0 for role in self.ROLES}
+        seconds = t1 - self._t0
+        for pid, (_, _, ticks) in p1.items():
+            used = ticks - self._p0[pid][2] if pid in self._p0 else ticks
+            if used > 0:
+                cores[_role(pid, me, store, tree)] += used / hz / seconds
+        # "other" is what the machine was busy with beyond the processes named (kernel threads,
+        # processes that ended in the window): the machine's busy time less theirs.
+        busy = (m1[0] - self._m0[0]) / hz / seconds
+        total = (m1[1] - self._m0[1]) / hz / seconds
+        named = sum(v for k, v in cores.items() if k != "other")
+        cores["other"] = max(0.0, busy - named)
+        cores["idle"] = max(0.0, total - busy)
+        return cores
 
 
 def _shm_used_bytes() -> int:
@@ -171,14 +263,17 @@ def measure(make_batches: Callable[[], Iterable], seconds: float) -> dict:
                 first = now - start
             elif warm_at is None and images >= 3 * BATCH:
                 warm_at, warm_images = now, images
+                split = CpuSplit().start()
             if warm_at is not None and now - warm_at >= seconds:
                 break
         end = time.perf_counter()
+        cpu = split.stop() if warm_at is not None else {}
         _stop(it)
         del it
     steady = (images - warm_images) / (end - warm_at) if warm_at and end > warm_at else 0.0
     return {"images_per_s": steady, "first_batch_s": first, "images": images,
-            "peak_rss_mb": mem.peak_rss / 2**20, "object_store_peak_mb": mem.peak_shm / 2**20}
+            "peak_rss_mb": mem.peak_rss / 2**20, "object_store_peak_mb": mem.peak_shm / 2**20,
+            "cpu_cores": cpu}
 
 
 def _shards(data: str, storage: StorageConfig) -> tuple[list[str], str]:
@@ -225,7 +320,79 @@ def run_limit(url: str, storage: StorageConfig, seconds: float) -> dict:
     return measure(batches, seconds)
 
 
+def _ceiling_worker(url: str, storage: StorageConfig, units: list, made, warm, stop) -> None:
+    """One process of `ceiling`: the limit's loop on the units it reads itself from the store,
+    over and over, in blocks of the pool's size; `made` counts the images it has finished."""
+    from pipelines.augment import apply_batch, build_transform, decode_side
+    from pipelines.decode import decode_pil
+    from pipelines.sources import IMAGE, read_unit
+
+    fs = resolve(url, storage).fs
+    transform = build_transform("imagenet", SIZE, train=True)
+    side = decode_side("imagenet", SIZE, train=True)
+    rng = np.random.default_rng(0)
+    rows, footers = PreprocessConfig().output_rows, {}
+    while not stop.is_set():
+        for unit in units:
+            blobs = read_unit(unit, fs, footers=footers)[IMAGE]
+            for s in range(0, len(blobs), rows):
+                block = blobs[s:s + rows]
+                apply_batch(transform, [decode_pil(b, side) for b in block], SIZE, rng)
+                with made.get_lock():
+                    made.value += len(block)
+                if made.value >= 3 * rows:
+                    warm.set()
+                if stop.is_set():
+                    return
+
+
+def run_ceiling(url: str, storage: StorageConfig, seconds: float, cores: int) -> dict:
+    """`cores` plain processes (no Ray), each reading every `cores`-th work unit from the object
+    store and decoding + augmenting it with feedline's functions; nothing is handed on. Steady
+    images/s is the growth of their shared count over `seconds` once each has made 3 blocks;
+    first batch is from starting the processes to the first BATCH images made between them."""
+    _, train_url = _shards(url, storage)
+    units = list(plan_source(SourceConfig(url=train_url, storage=storage,
+                                          format="parquet")).units)
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds S3 clients
+    stop = ctx.Event()
+    counts = [ctx.Value("q", 0) for _ in range(cores)]
+    warm = [ctx.Event() for _ in range(cores)]
+    with PeakMemory() as mem:
+        start = time.perf_counter()
+        procs = [ctx.Process(target=_ceiling_worker, daemon=True,
+                             args=(train_url, storage, units[i::cores], counts[i], warm[i], stop))
+                 for i in range(cores)]
+        for p in procs:
+            p.start()
+        try:
+            while sum(c.value for c in counts) < BATCH:
+                if not all(p.is_alive() for p in procs):
+                    raise RuntimeError("a ceiling process died before its first batch: see "
+                                       "its traceback above")
+                time.sleep(0.01)
+            first = time.perf_counter() - start
+            for w in warm:
+                w.wait()
+            split = CpuSplit().start()
+            t0, n0 = time.perf_counter(), sum(c.value for c in counts)
+            time.sleep(seconds)
+            t1, n1 = time.perf_counter(), sum(c.value for c in counts)
+            cpu = split.stop()
+        finally:
+            stop.set()
+            for p in procs:
+                p.join(timeout=30)
+                if p.is_alive():
+                    p.kill()
+    return {"images_per_s": (n1 - n0) / (t1 - t0), "first_batch_s": first, "images": n1,
+            "peak_rss_mb": mem.peak_rss / 2**20, "object_store_peak_mb": mem.peak_shm / 2**20,
+            "cpu_cores": cpu}
+
+
 def run_dataloader(url: str, storage: StorageConfig, seconds: float, cores: int) -> dict:
+    import torch
+
     from pipelines.baselines import ParquetImages
 
     shards, _ = _shards(url, storage)
@@ -275,15 +442,83 @@ def feedline_batches(url: str, storage: StorageConfig, cores: int,
     return batches
 
 
+def _mean_limit(runs: list[dict]) -> dict:
+    """The limit's row from its runs: the mean images/s (each run's figure kept beside it), the
+    first run's first batch, the largest memory figures."""
+    row = dict(runs[0])
+    row["images_per_s"] = sum(r["images_per_s"] for r in runs) / len(runs)
+    row["images_per_s_runs"] = [r["images_per_s"] for r in runs]
+    row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    row["object_store_peak_mb"] = max(r["object_store_peak_mb"] for r in runs)
+    return row
+
+
 def run_on_ray(make_batches: Callable[[], Iterable], seconds: float) -> dict:
     """A Ray system on the fresh Ray the caller started: first its cold start (the first
     dataset on this Ray, which also starts Ray Data's own cluster-wide actors), then the
     measurement proper, of a second dataset on the now running Ray."""
     cold = time_to_first_batch(make_batches)
     wait_until_idle()
+    # What this Ray costs at rest, with Ray Data's cluster-wide actors up and nothing running:
+    # the share of the cores no pipeline on it can have.
+    split = CpuSplit().start()
+    time.sleep(IDLE_SAMPLE_S)
+    at_rest = split.stop()["Ray's own"]
     result = measure(make_batches, seconds)
     result["first_batch_cold_s"] = cold
+    result["ray_at_rest_cores"] = at_rest
     return result
+
+
+def _ray_system(name: str, data: str, storage: StorageConfig, seconds: float, cores: int,
+                store: frozenset[int], conn) -> None:
+    """Child process of `run_ray_system`: a fresh local Ray, one system measured on it, the
+    result (or the error) sent back before Ray is shut down."""
+    PeakMemory.EXCLUDE = CpuSplit.STORE = store
+    import ray
+
+    ray.init(address="local", num_cpus=cores, resources={POOL: cores},
+             include_dashboard=False, log_to_driver=False)
+    try:
+        make = (raydata_batches(data, storage) if name == "raydata" else
+                feedline_batches(data, storage, cores, deterministic=name in EXTRA))
+        conn.send(("ok", run_on_ray(make, seconds)))
+    except BaseException as e:  # noqa: BLE001 - every failure is reported to the parent
+        try:
+            conn.send(("error", e))
+        except Exception:  # noqa: BLE001 - an exception that does not pickle
+            conn.send(("error", RuntimeError(f"{type(e).__name__}: {e}")))
+    finally:
+        conn.close()
+        ray.shutdown()
+
+
+def run_ray_system(name: str, data: str, storage: StorageConfig, seconds: float,
+                   cores: int) -> dict:
+    """Measure a Ray system in a process of its own, with a fresh local Ray: its object store,
+    workers and memory are its own, and whatever Ray Data leaves running in a driver after the
+    measurement (a thread that touches Ray after ray.shutdown() makes Ray end that process, as
+    one full run here did, mid-benchmark and without a word) ends with it."""
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_ray_system, name=f"bench-{name}",
+                       args=(name, data, storage, seconds, cores, CpuSplit.STORE, send))
+    proc.start()
+    send.close()
+    try:
+        status, value = receive.recv()
+    except EOFError:
+        proc.join()
+        raise RuntimeError(f"the {name} measurement process exited with code {proc.exitcode} "
+                           "before reporting; its output is above") from None
+    finally:
+        receive.close()
+    proc.join(timeout=120)
+    if proc.is_alive():
+        proc.kill()
+    if status == "error":
+        raise value
+    return value
 
 
 # ---------------------------------------------------------------- main
@@ -320,7 +555,7 @@ def main(argv=None) -> int:
 
         store = EmbeddedObjectStore(data_dir=tempfile.mkdtemp(prefix="feedline-bench-")).start()
         os.environ.update(store.env())
-        PeakMemory.EXCLUDE = frozenset({store.pid()})
+        PeakMemory.EXCLUDE = CpuSplit.STORE = frozenset({store.pid()})
         data = f"s3://{store.bucket}/bench"
         # In a child process: the JPEGs it holds while writing must not stay in this process's
         # heap, where they would count as the measured systems' memory.
@@ -329,26 +564,21 @@ def main(argv=None) -> int:
                         "--size", args.size, "--val-fraction", "0"], check=True)
     storage = StorageConfig(endpoint=args.endpoint)
     results: dict[str, dict] = {}
+    # The limit first and, when other systems ran in between, once more at the end (see above).
+    order = systems + (["limit"] if "limit" in systems and len(systems) > 1 else [])
+    limits: list[dict] = []
     try:
-        for name in systems:
+        for name in order:
             print(f"measuring {name} ...", flush=True)
             if name == "limit":
-                results[name] = run_limit(data, storage, args.seconds)
+                limits.append(run_limit(data, storage, args.seconds))
+                results[name] = _mean_limit(limits)
+            elif name == "ceiling":
+                results[name] = run_ceiling(data, storage, args.seconds, cores)
             elif name == "dataloader":
                 results[name] = run_dataloader(data, storage, args.seconds, cores)
             else:
-                # A fresh local Ray per system: its object store and processes are its own.
-                import ray
-
-                ray.init(address="local", num_cpus=cores, resources={POOL: cores},
-                         include_dashboard=False, log_to_driver=False)
-                try:
-                    make = (raydata_batches(data, storage) if name == "raydata" else
-                            feedline_batches(data, storage, cores,
-                                             deterministic=name in EXTRA))
-                    results[name] = run_on_ray(make, args.seconds)
-                finally:
-                    ray.shutdown()
+                results[name] = run_ray_system(name, data, storage, args.seconds, cores)
     except (StorageError, SchemaError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -356,24 +586,43 @@ def main(argv=None) -> int:
         if store is not None:
             store.stop()
 
+    if len(limits) == 2:
+        print(f"\nlimit: {limits[0]['images_per_s']:.0f} img/s first, "
+              f"{limits[1]['images_per_s']:.0f} img/s last; the ratios use the mean")
     limit = results.get("limit", {}).get("images_per_s")
     for r in results.values():
         r["images_per_s_per_core"] = r["images_per_s"] / cores
         r["ratio_to_limit"] = r["images_per_s"] / (limit * cores) if limit else None
     results.get("limit", {}).update(images_per_s_per_core=limit, ratio_to_limit=1.0 / cores
                                     if limit else None)
+    ceiling = results.get("ceiling", {}).get("images_per_s")
+    for r in results.values():
+        if ceiling:
+            r["ratio_to_ceiling"] = r["images_per_s"] / ceiling
     dl = results.get("dataloader", {}).get("images_per_s")
     print(f"\n{cores} cores, batches of {BATCH} x 3x{SIZE}x{SIZE} uint8, ImageNet recipe")
-    print(f"{'system':<11}{'img/s':>9}{'img/s/core':>12}{'x limit':>9}{'x dataloader':>14}"
-          f"{'first batch':>13}{'cold start':>12}{'peak RSS MB':>13}{'obj store MB':>14}")
+    print(f"{'system':<11}{'img/s':>9}{'img/s/core':>12}{'x limit':>9}{'x ceiling':>11}"
+          f"{'x dataloader':>14}{'first batch':>13}{'cold start':>12}{'peak RSS MB':>13}"
+          f"{'obj store MB':>14}")
     for name, r in results.items():
         ratio = "" if r["ratio_to_limit"] is None else f"{r['ratio_to_limit']:.2f}"
+        vs_ceiling = f"{r['ratio_to_ceiling']:.2f}" if ceiling else ""
         vs_dl = f"{r['images_per_s'] / dl:.2f}" if dl else ""
         cold = r.get("first_batch_cold_s")
         cold = "" if cold is None else f"{cold:.2f}s"
         print(f"{name:<11}{r['images_per_s']:>9.0f}{r['images_per_s_per_core']:>12.0f}"
-              f"{ratio:>9}{vs_dl:>14}{r['first_batch_s']:>12.2f}s{cold:>12}"
+              f"{ratio:>9}{vs_ceiling:>11}{vs_dl:>14}{r['first_batch_s']:>12.2f}s{cold:>12}"
               f"{r['peak_rss_mb']:>13.0f}{r['object_store_peak_mb']:>14.0f}")
+    print(f"\nwhere the {cores} cores went in each steady window (cores; workers = the system's "
+          "pool actors, tasks or worker processes):")
+    print(f"{'system':<11}" + "".join(f"{role:>14}" for role in CpuSplit.ROLES))
+    for name, r in results.items():
+        split = r.get("cpu_cores") or {}
+        print(f"{name:<11}" + "".join(f"{split.get(role, 0.0):>14.2f}" for role in CpuSplit.ROLES))
+    for name, r in results.items():
+        if "ray_at_rest_cores" in r:
+            print(f"{name}: its Ray at rest (nothing running) took {r['ray_at_rest_cores']:.2f} "
+                  "cores")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"cores": cores, "systems": results}, f, indent=2)

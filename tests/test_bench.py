@@ -18,16 +18,35 @@ def test_bench_pipeline_writes_every_field_for_every_system(tmp_path):
     out = tmp_path / "bench.json"
     run = subprocess.run(
         [sys.executable, os.path.join(ROOT, "jobs", "bench_pipeline.py"), "--systems",
-         "limit,feedline", "--seconds", "2", "--count", "1100", "--json", str(out)],
+         "limit,ceiling,feedline", "--seconds", "2", "--count", "1100", "--json", str(out)],
         capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["cores"] == os.cpu_count()
-    assert set(result["systems"]) == {"limit", "feedline"}
-    for name, figures in result["systems"].items():
+    systems = result["systems"]
+    assert set(systems) == {"limit", "ceiling", "feedline"}
+    cores = result["cores"]
+    for name, figures in systems.items():
         assert FIELDS <= set(figures), name
         assert figures["images_per_s"] > 0 and figures["first_batch_s"] > 0
+        # Every core of the steady window is accounted for, by role (idle included).
+        split = figures["cpu_cores"]
+        assert set(split) == {"workers", "driver", "Ray's own", "object store", "other", "idle"}
+        assert abs(sum(split.values()) - cores) < 0.2 * cores, (name, split)
+    # The limit runs first and last; its figure, which every ratio divides by, is their mean.
+    runs = systems["limit"]["images_per_s_runs"]
+    assert len(runs) == 2 and systems["limit"]["images_per_s"] == pytest.approx(sum(runs) / 2)
+    assert systems["feedline"]["ratio_to_limit"] == pytest.approx(
+        systems["feedline"]["images_per_s"] / (sum(runs) / 2 * cores))
+    # The ceiling's plain processes do the work; the limit does it in the driver; feedline's
+    # pool actors are workers too, and its Ray takes a share even at rest.
+    assert systems["ceiling"]["cpu_cores"]["workers"] > systems["ceiling"]["cpu_cores"]["driver"]
+    assert systems["limit"]["cpu_cores"]["driver"] > 0.5
+    assert systems["feedline"]["cpu_cores"]["workers"] > 0.5
+    assert systems["feedline"]["ray_at_rest_cores"] > 0
+    assert systems["ceiling"]["ratio_to_ceiling"] == pytest.approx(1.0)
     # A Ray system's cold start (the first dataset on its fresh Ray) is reported beside it.
-    assert result["systems"]["feedline"]["first_batch_cold_s"] > 0
-    assert "first_batch_cold_s" not in result["systems"]["limit"]
+    assert systems["feedline"]["first_batch_cold_s"] > 0
+    assert "first_batch_cold_s" not in systems["limit"]
     assert "x limit" in run.stdout and "feedline" in run.stdout  # the printed table
+    assert "where the" in run.stdout and "cores went" in run.stdout
