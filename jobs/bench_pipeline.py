@@ -38,6 +38,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -65,7 +66,8 @@ EXTRA = ("feedline-deterministic",)
 """Measured only when asked for: feedline with --deterministic (blocks in stream order)."""
 BATCH, SIZE = 256, 224
 IDLE_SAMPLE_S = 3.0
-"""Seconds each benchmark Ray is watched at rest, between its cold start and the measurement."""
+"""Seconds each benchmark Ray is left to settle, then watched at rest, between its cold start
+and the measurement."""
 POOL = PreprocessConfig().pool_resource
 """The resource feedline's pool asks for, offered by each benchmark Ray."""
 
@@ -115,10 +117,12 @@ def _tree_rss_bytes(root: int, exclude: frozenset[int] = frozenset()) -> int:
 
 
 RAY_OWN = ("raylet", "gcs_server", "dashboard/agent.py", "runtime_env/agent", "log_monitor.py",
-           "ray::DashboardAgent", "ray::IDLE", "ray::_StatsActor",
-           "ray::_AutoscalingCoordinatorActor", "ray::ActorLocationTracker")
-"""Processes that are Ray's own (daemons, agents, idle workers, Ray Data's cluster-wide actors),
-not the pipeline's work: matched in the command line (Ray sets its workers' titles)."""
+           "ray::DashboardAgent", "ray::_StatsActor", "ray::_AutoscalingCoordinatorActor",
+           "ray::ActorLocationTracker")
+"""Processes that are Ray's own (daemons, agents, Ray Data's cluster-wide actors), not the
+pipeline's work: matched in the command line, as Ray titles its workers. A worker titled
+ray::IDLE counts as the pipeline's: it is between two of its tasks (what an idle worker uses
+itself is next to nothing)."""
 
 
 def _role(pid: int, driver: int, store: set[int], tree: set[int]) -> str:
@@ -460,7 +464,9 @@ def run_on_ray(make_batches: Callable[[], Iterable], seconds: float) -> dict:
     cold = time_to_first_batch(make_batches)
     wait_until_idle()
     # What this Ray costs at rest, with Ray Data's cluster-wide actors up and nothing running:
-    # the share of the cores no pipeline on it can have.
+    # the share of the cores no pipeline on it can have. First a pause for the workers Ray
+    # starts in place of the stopped pipeline's actors (each imports Ray: about a CPU-second).
+    time.sleep(IDLE_SAMPLE_S)
     split = CpuSplit().start()
     time.sleep(IDLE_SAMPLE_S)
     at_rest = split.stop()["Ray's own"]
@@ -511,11 +517,14 @@ def run_ray_system(name: str, data: str, storage: StorageConfig, seconds: float,
         proc.join()
         raise RuntimeError(f"the {name} measurement process exited with code {proc.exitcode} "
                            "before reporting; its output is above") from None
+    except BaseException:  # interrupted: the child and its Ray go too
+        proc.terminate()
+        raise
     finally:
         receive.close()
-    proc.join(timeout=120)
-    if proc.is_alive():
-        proc.kill()
+        proc.join(timeout=120)
+        if proc.is_alive():
+            proc.kill()
     if status == "error":
         raise value
     return value
@@ -539,7 +548,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # so that the object store and the children are stopped
+
+
 def main(argv=None) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = set(systems) - set(SYSTEMS + EXTRA)
