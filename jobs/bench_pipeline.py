@@ -44,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -351,33 +352,38 @@ def _ceiling_worker(url: str, storage: StorageConfig, units: list, made, warm, s
 
 
 def run_ceiling(url: str, storage: StorageConfig, seconds: float, cores: int) -> dict:
-    """`cores` plain processes (no Ray), each reading every `cores`-th work unit from the object
-    store and decoding + augmenting it with feedline's functions; nothing is handed on. Steady
-    images/s is the growth of their shared count over `seconds` once each has made 3 blocks;
-    first batch is from starting the processes to the first BATCH images made between them."""
+    """`cores` plain processes (no Ray; fewer when there are fewer work units), each reading
+    every `cores`-th work unit from the object store and decoding + augmenting it with
+    feedline's functions; nothing is handed on. Steady images/s is the growth of their shared
+    count over `seconds` once each has made 3 blocks; first batch is from starting the
+    processes to the first BATCH images made between them."""
     _, train_url = _shards(url, storage)
     units = list(plan_source(SourceConfig(url=train_url, storage=storage,
                                           format="parquet")).units)
+    n = min(cores, len(units))  # a process with no unit of its own would have nothing to do
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds S3 clients
     stop = ctx.Event()
-    counts = [ctx.Value("q", 0) for _ in range(cores)]
-    warm = [ctx.Event() for _ in range(cores)]
+    counts = [ctx.Value("q", 0) for _ in range(n)]
+    warm = [ctx.Event() for _ in range(n)]
+
+    def wait_for(done: Callable[[], bool], what: str) -> None:
+        while not done():
+            if not all(p.is_alive() for p in procs):
+                raise RuntimeError(f"a ceiling process died before {what}: see its traceback "
+                                   "above")
+            time.sleep(0.01)
+
     with PeakMemory() as mem:
         start = time.perf_counter()
         procs = [ctx.Process(target=_ceiling_worker, daemon=True,
-                             args=(train_url, storage, units[i::cores], counts[i], warm[i], stop))
-                 for i in range(cores)]
+                             args=(train_url, storage, units[i::n], counts[i], warm[i], stop))
+                 for i in range(n)]
         for p in procs:
             p.start()
         try:
-            while sum(c.value for c in counts) < BATCH:
-                if not all(p.is_alive() for p in procs):
-                    raise RuntimeError("a ceiling process died before its first batch: see "
-                                       "its traceback above")
-                time.sleep(0.01)
+            wait_for(lambda: sum(c.value for c in counts) >= BATCH, "the first batch")
             first = time.perf_counter() - start
-            for w in warm:
-                w.wait()
+            wait_for(lambda: all(w.is_set() for w in warm), "its third block")
             split = CpuSplit().start()
             t0, n0 = time.perf_counter(), sum(c.value for c in counts)
             time.sleep(seconds)
@@ -490,6 +496,8 @@ def _ray_system(name: str, data: str, storage: StorageConfig, seconds: float, co
                 feedline_batches(data, storage, cores, deterministic=name in EXTRA))
         conn.send(("ok", run_on_ray(make, seconds)))
     except BaseException as e:  # noqa: BLE001 - every failure is reported to the parent
+        if not isinstance(e, (StorageError, SchemaError)):  # those are one line for the user
+            traceback.print_exc()
         try:
             conn.send(("error", e))
         except Exception:  # noqa: BLE001 - an exception that does not pickle
