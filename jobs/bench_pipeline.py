@@ -55,6 +55,7 @@ import pyarrow.parquet as pq  # noqa: E402
 from pipelines import (  # noqa: E402
     PreprocessConfig,
     SchemaError,
+    ShardPlan,
     SourceConfig,
     StorageConfig,
     StorageError,
@@ -281,8 +282,9 @@ def measure(make_batches: Callable[[], Iterable], seconds: float) -> dict:
             "cpu_cores": cpu}
 
 
-def _shards(data: str, storage: StorageConfig) -> tuple[list[str], str]:
-    """Parquet shard paths under `data` or `data`/train, and the URL that holds them."""
+def _plan(data: str, storage: StorageConfig) -> tuple[ShardPlan, str]:
+    """The plan of the Parquet shards under `data` or `data`/train, and the URL that holds
+    them."""
     try:
         url = data
         plan = plan_source(SourceConfig(url=url, storage=storage, format="parquet"))
@@ -291,7 +293,30 @@ def _shards(data: str, storage: StorageConfig) -> tuple[list[str], str]:
         # (credentials, endpoint, empty prefix) is the one to show.
         url = f"{data.rstrip('/')}/train"
         plan = plan_source(SourceConfig(url=url, storage=storage, format="parquet"))
+    return plan, url
+
+
+def _shards(data: str, storage: StorageConfig) -> tuple[list[str], str]:
+    """Parquet shard paths under `data` or `data`/train, and the URL that holds them."""
+    plan, url = _plan(data, storage)
     return sorted({u.path for u in plan.units}), url
+
+
+def _recipe():
+    """The benchmark's recipe as feedline's pool runs it: (transform, decode side)."""
+    from pipelines.augment import build_transform, decode_side
+
+    return (build_transform("imagenet", SIZE, train=True),
+            decode_side("imagenet", SIZE, train=True))
+
+
+def _decode_augment(blobs, transform, side: int | None, rng: np.random.Generator) -> np.ndarray:
+    """The pool's own path on encoded images: PIL images from decode straight into the
+    augmentation; one (N, 3, SIZE, SIZE) uint8 array."""
+    from pipelines.augment import apply_batch
+    from pipelines.decode import decode_pil
+
+    return apply_batch(transform, [decode_pil(b, side) for b in blobs], SIZE, rng)
 
 
 def _forever(make_epoch: Callable[[], Iterable]):
@@ -301,25 +326,19 @@ def _forever(make_epoch: Callable[[], Iterable]):
 
 # ---------------------------------------------------------------- the systems
 def run_limit(url: str, storage: StorageConfig, seconds: float) -> dict:
-    from pipelines.augment import apply_batch, build_transform, decode_side
-    from pipelines.decode import decode_pil
-
     loc = resolve(url, storage)
     shards, _ = _shards(url, storage)
     blobs = []
     for path in shards:
         with loc.fs.open_input_file(path) as f:
             blobs.extend(pq.read_table(f, columns=["image"]).column("image").to_pylist())
-    transform = build_transform("imagenet", SIZE, train=True)
-    side = decode_side("imagenet", SIZE, train=True)
+    transform, side = _recipe()
     rng = np.random.default_rng(0)
 
     def batches():
         while True:
             for s in range(0, len(blobs) - BATCH + 1, BATCH):
-                # The pool's own path: PIL images from decode straight into the augmentation.
-                images = [decode_pil(b, side) for b in blobs[s:s + BATCH]]
-                yield {"image": apply_batch(transform, images, SIZE, rng),
+                yield {"image": _decode_augment(blobs[s:s + BATCH], transform, side, rng),
                        "label": np.zeros(BATCH, np.int64)}
 
     return measure(batches, seconds)
@@ -328,13 +347,10 @@ def run_limit(url: str, storage: StorageConfig, seconds: float) -> dict:
 def _ceiling_worker(url: str, storage: StorageConfig, units: list, made, warm, stop) -> None:
     """One process of `ceiling`: the limit's loop on the units it reads itself from the store,
     over and over, in blocks of the pool's size; `made` counts the images it has finished."""
-    from pipelines.augment import apply_batch, build_transform, decode_side
-    from pipelines.decode import decode_pil
     from pipelines.sources import IMAGE, read_unit
 
     fs = resolve(url, storage).fs
-    transform = build_transform("imagenet", SIZE, train=True)
-    side = decode_side("imagenet", SIZE, train=True)
+    transform, side = _recipe()
     rng = np.random.default_rng(0)
     rows, footers = PreprocessConfig().output_rows, {}
     while not stop.is_set():
@@ -342,7 +358,7 @@ def _ceiling_worker(url: str, storage: StorageConfig, units: list, made, warm, s
             blobs = read_unit(unit, fs, footers=footers)[IMAGE]
             for s in range(0, len(blobs), rows):
                 block = blobs[s:s + rows]
-                apply_batch(transform, [decode_pil(b, side) for b in block], SIZE, rng)
+                _decode_augment(block, transform, side, rng)
                 with made.get_lock():
                     made.value += len(block)
                 if made.value >= 3 * rows:
@@ -357,9 +373,8 @@ def run_ceiling(url: str, storage: StorageConfig, seconds: float, cores: int) ->
     feedline's functions; nothing is handed on. Steady images/s is the growth of their shared
     count over `seconds` once each has made 3 blocks; first batch is from starting the
     processes to the first BATCH images made between them."""
-    _, train_url = _shards(url, storage)
-    units = list(plan_source(SourceConfig(url=train_url, storage=storage,
-                                          format="parquet")).units)
+    plan, train_url = _plan(url, storage)
+    units = list(plan.units)
     n = min(cores, len(units))  # a process with no unit of its own would have nothing to do
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds S3 clients
     stop = ctx.Event()
