@@ -445,8 +445,8 @@ def raydata_batches(url: str, storage: StorageConfig) -> Callable[[], Iterable]:
 
 def feedline_batches(url: str, storage: StorageConfig, cores: int,
                      deterministic: bool = False) -> Callable[[], Iterable]:
-    from cluster.config import TrainConfig
-    from cluster.train_loop import Collate
+    from cluster.training.config import TrainConfig
+    from cluster.training.loop import Collate
     from pipelines import PipelineConfig, build_dataset
     from pipelines.readahead import ReadAhead
 
@@ -588,7 +588,7 @@ def main(argv=None) -> int:
     store = None
     data = args.data
     if data is None:
-        from cluster.object_store import EmbeddedObjectStore
+        from cluster.local.object_store import EmbeddedObjectStore
 
         store = EmbeddedObjectStore(data_dir=tempfile.mkdtemp(prefix="feedline-bench-")).start()
         os.environ.update(store.env())

@@ -23,10 +23,10 @@ import ray.train.torch  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from cluster.config import TrainConfig  # noqa: E402
-from cluster.model import MODELS, build_model, normalize_on_device  # noqa: E402
-from cluster.train_loop import MEAN, STD, all_reduce  # noqa: E402
-from cluster.trainer import run_training  # noqa: E402
+from cluster.training.config import TrainConfig  # noqa: E402
+from cluster.training.loop import MEAN, STD, all_reduce  # noqa: E402
+from cluster.training.model import MODELS, build_model, normalize_on_device  # noqa: E402
+from cluster.training.trainer import run_training  # noqa: E402
 from pipelines import (  # noqa: E402
     PipelineConfig,
     PreprocessConfig,
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     store = None
     data = args.data
     if data is None:
-        from cluster.object_store import EmbeddedObjectStore
+        from cluster.local.object_store import EmbeddedObjectStore
         from pipelines.datasets import write_synthetic
 
         store = EmbeddedObjectStore(data_dir=tempfile.mkdtemp(prefix="feedline-bt-")).start()

@@ -12,18 +12,13 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from cluster.object_store import EmbeddedObjectStore, free_port  # noqa: E402
-from cluster.processes import start_service, stop_process_group, wait_ready  # noqa: E402
+from cluster.local.object_store import EmbeddedObjectStore  # noqa: E402
+from cluster.local.ray_head import RayHead, submit_job  # noqa: E402
 from pipelines.datasets import write_digits  # noqa: E402
 
 
@@ -47,84 +42,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--keep-running", action="store_true",
                    help="leave the object store and Ray up after the job (Ctrl-C stops them)")
     return p.parse_args(argv)
-
-
-class RayHead:
-    """`ray start --head --block` in its own process session; stopping it stops only what it
-    started (no machine-wide `ray stop`)."""
-
-    def __init__(self, env: dict[str, str], num_cpus: int, pool_cpus: int, log_path: str):
-        # On SIGTERM a head first drains its node, for up to 30 s; after a job this one-node
-        # head never finishes (measured: the full 30 s at every stop), and stopping the whole
-        # local cluster needs no drain.
-        self.env = {**env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
-        self.log_path = log_path
-        taken: set[int] = set()
-        self.gcs_port = free_port(taken)
-        self.dashboard_port = free_port(taken)
-        # Every fixed default port too (agent 52365, metrics, runtime-env agent, client 10001):
-        # another Ray on this machine (a notebook's, a test session's) may hold them, and a head
-        # whose dashboard agent cannot bind exits with it.
-        self.other_ports = {flag: free_port(taken) for flag in (
-            "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-            "metrics-export-port", "ray-client-server-port")}
-        self.temp_dir = tempfile.mkdtemp(prefix="feedline-ray-")  # short: socket path limit
-        self.args = [
-            os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block",
-            f"--port={self.gcs_port}", "--node-ip-address=127.0.0.1",
-            "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-            "--include-dashboard=true", f"--num-cpus={num_cpus}",
-            f"--resources={json.dumps({'preprocess_cpu': pool_cpus})}",
-            f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
-            *(f"--{flag}={port}" for flag, port in self.other_ports.items()),
-        ]
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def address(self) -> str:
-        return f"http://127.0.0.1:{self.dashboard_port}"
-
-    def start(self, timeout_s: float = 120.0) -> None:
-        self.proc = start_service(self.args, self.env, self.log_path)
-        wait_ready(self.proc, self._dashboard_answers, timeout_s, "ray start", self.log_path,
-                   interval_s=0.5)
-
-    def _dashboard_answers(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.address}/api/version", timeout=2):
-                return True
-        except urllib.error.HTTPError:
-            return True  # any HTTP answer (401 under token auth included) means it is serving
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        # SIGTERM to `ray start --block` alone lets it tear down the GCS, raylet, dashboard and
-        # workers it started; what it leaves is signalled after it (stop_process_group).
-        proc, self.proc = self.proc, None
-        stop_process_group(proc, grace_s=30)
-
-
-_AGENT_NOT_READY = "No available agent to submit job"
-
-
-def submit(cmd: list[str], env: dict[str, str], attempts: int = 30) -> int:
-    """Run `ray job submit`, streaming its output. A fresh head's dashboard answers a few seconds
-    before its job agent registers; only that refusal is retried."""
-    for attempt in range(attempts):
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-        not_ready = False
-        for line in proc.stdout:
-            not_ready = not_ready or _AGENT_NOT_READY in line
-            if not not_ready:
-                sys.stdout.write(line)
-                sys.stdout.flush()
-        code = proc.wait()
-        if code == 0 or not not_ready or attempt == attempts - 1:
-            return code
-        time.sleep(2)
-    return code
 
 
 def print_summary(path: str) -> dict:
@@ -173,8 +90,8 @@ def main(argv=None) -> int:
         bin_dir = os.path.dirname(sys.executable)
         env = {**os.environ, **store.env(), "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
                "RAY_AUTH_MODE": "token"}
-        head = RayHead(env, num_cpus=args.num_workers, pool_cpus=args.pool_cpus,
-                       log_path=os.path.join(args.workdir, "ray-head.log"))
+        head = RayHead(env, os.path.join(args.workdir, "ray-head.log"),
+                       num_cpus=args.num_workers, resources={"preprocess_cpu": args.pool_cpus})
         print("[demo] starting a local Ray head ...", flush=True)
         head.start()
         print(f"[demo] Ray head up, dashboard {head.address}, logs under {head.temp_dir}",
@@ -190,7 +107,7 @@ def main(argv=None) -> int:
             f"--timeline={os.path.join(args.workdir, 'timeline')}",
         ]
         print("[demo] " + " ".join(cmd[1:]), flush=True)
-        code = submit(cmd, env)
+        code = submit_job(cmd, env, cwd=ROOT)
         if code != 0 or not os.path.exists(summary_path):
             print(f"[demo] the training job failed (exit {code}); Ray logs under "
                   f"{head.temp_dir}/session_latest/logs", file=sys.stderr, flush=True)

@@ -4,7 +4,7 @@
     python jobs/echo_experiment.py --out runs/echo             # two runs per setting, medians
 
 Makes the input pipeline the bottleneck by a real mechanism: the training shards are read from
-SeaweedFS through a proxy that caps the object store's read bandwidth (cluster.throttle;
+SeaweedFS through a proxy that caps the object store's read bandwidth (cluster.local.throttle;
 validation reads go to the store directly), with one preprocessing actor. It measures
 R = trainer rate / pipeline rate (the trainers' examples/s over their non-waiting step time,
 median of the echoed runs; the fresh examples/s the pipeline delivers without echo), then
@@ -38,8 +38,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cluster.object_store import EmbeddedObjectStore  # noqa: E402
-from cluster.throttle import ThrottledProxy  # noqa: E402
+from cluster.local.object_store import EmbeddedObjectStore  # noqa: E402
+from cluster.local.throttle import ThrottledProxy  # noqa: E402
 
 SETTINGS = (("none", "1"), ("example", "2"), ("example", "4"), ("example", "auto"))
 COLUMNS = ("mode", "factor", "reached", "wall_s_to_target", "fresh_examples_to_target",
@@ -78,8 +78,8 @@ def _first_at_target(history: list[dict], target: float) -> dict | None:
 
 def _run(args, url: str, throttled: str, direct: str, mode: str, factor: str, seed: int,
          plans: tuple, results: str):
-    from cluster.config import TrainConfig
-    from cluster.trainer import run_training
+    from cluster.training.config import TrainConfig
+    from cluster.training.trainer import run_training
     from pipelines import (
         EchoConfig,
         PipelineConfig,

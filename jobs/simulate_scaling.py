@@ -1,4 +1,4 @@
-"""Compare pool-scaling policies in the discrete-event simulator (cluster.simulate).
+"""Compare pool-scaling policies in the discrete-event simulator (cluster.pool.simulate).
 
     python jobs/simulate_scaling.py --out runs/scaling                 # every standard scenario
     python jobs/simulate_scaling.py --scenario larger-images-1024 --out runs/scaling
@@ -24,7 +24,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cluster.simulate import POLICIES, SCENARIOS, Result, run_all  # noqa: E402
+from cluster.pool.simulate import POLICIES, SCENARIOS, Result, run_all  # noqa: E402
 
 COLUMNS = ("scenario", "policy", "gpu_stall_fraction", "cpu_node_hours",
            "oracle_cpu_node_hours", "total_cost", "job_hours", "reversals_per_hour")

@@ -37,8 +37,8 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cluster.object_store import EmbeddedObjectStore  # noqa: E402
-from cluster.processes import local_processes  # noqa: E402
+from cluster.local.object_store import EmbeddedObjectStore  # noqa: E402
+from cluster.local.procfs import local_processes  # noqa: E402
 
 TOLERANCE = 0.10
 STORE_FLOOR_MB = 16.0
@@ -154,10 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     import ray
 
-    from cluster.config import TrainConfig
-    from cluster.prometheus import ray_metrics_targets
-    from cluster.throttle import ThrottledProxy
-    from cluster.trainer import run_training
+    from cluster.local.prometheus import ray_metrics_targets
+    from cluster.local.throttle import ThrottledProxy
+    from cluster.training.config import TrainConfig
+    from cluster.training.trainer import run_training
     from pipelines import PipelineConfig, PreprocessConfig, SourceConfig, StorageConfig
     from pipelines.datasets import write_digits, write_synthetic
 

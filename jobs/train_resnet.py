@@ -20,7 +20,7 @@ import time
 # checkout or a `ray job submit --working-dir .` copy without an install.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cluster.config import MODELS, TrainConfig  # noqa: E402
+from cluster.training.config import MODELS, TrainConfig  # noqa: E402
 from pipelines import (  # noqa: E402
     EchoConfig,
     PipelineConfig,
@@ -179,8 +179,8 @@ def scaling_config(args: argparse.Namespace):
     """The pool scaler's configuration, or None without --pool-policy feedline."""
     if args.pool_policy != "feedline":
         return None
-    from cluster.scaler import ScalerConfig
-    from cluster.scaling import PolicyConfig
+    from cluster.pool.policy import PolicyConfig
+    from cluster.pool.scaler import ScalerConfig
 
     return ScalerConfig(
         policy=PolicyConfig(
@@ -277,8 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {plan.num_rows} train rows in {plan.num_shards} {plan.format} shards"
           + (f", {val_plan.num_rows} val rows" if val_plan else ""), flush=True)
 
-    from cluster.runtime import connect_or_start
-    from cluster.trainer import run_training
+    from cluster.training.connect import connect_or_start
+    from cluster.training.trainer import run_training
 
     mode = connect_or_start(args.pool_resource, args.pool_cpus)
     print(f"ray: {mode} a cluster", flush=True)

@@ -106,7 +106,7 @@ class EchoConfig:
     random, seeded). 1 with auto off is a no-op: the stream is exactly the unechoed one."""
     auto: bool = False
     """Choose the factor while the run goes on: clamp(consume rate / produce rate, 1,
-    max_factor), smoothed (cluster.echo_policy). `factor` is then the starting value."""
+    max_factor), smoothed (cluster.echo.policy). `factor` is then the starting value."""
     max_factor: float = 4.0
     """Upper bound of the automatic factor."""
     shuffle_rows: int = 1024

@@ -2,7 +2,8 @@
 
 `pipelines` knows nothing of metrics, timelines or training (it never imports `cluster`): the
 `Preprocessor` hands a `BlockSpan` per output block to an optional `BlockObserver` it was given.
-The implementation that feeds Prometheus and the run timeline lives in `cluster.monitor`.
+The implementation that feeds Prometheus and the run timeline lives in
+`cluster.observability.monitor`.
 """
 
 from __future__ import annotations

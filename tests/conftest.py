@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-from cluster.object_store import EmbeddedObjectStore
+from cluster.local.object_store import EmbeddedObjectStore
 
 POOL_RESOURCE = "preprocess_cpu"
 

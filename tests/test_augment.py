@@ -220,7 +220,7 @@ def test_pool_actors_do_not_import_torch():
     """What a pool actor unpickles (the Preprocessor, its config and units, the observer and the
     echo factor source) must not import torch: that import cost ~6 s per cold actor."""
     code = ("import sys; import pipelines.build, pipelines.config, pipelines.sources, "
-            "cluster.monitor, cluster.echo_control; "
+            "cluster.observability.monitor, cluster.echo.controller; "
             "print(sorted(m for m in ('torch', 'torchvision', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "torch" not in out.stdout, out.stdout

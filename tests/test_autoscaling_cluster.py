@@ -8,21 +8,16 @@ back to its minimum (0) once the autoscaler's idle timeout passes."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
 
-from cluster.object_store import free_port
-from cluster.processes import local_processes, stop_process_group
+from cluster.local.ray_head import RayHead
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,58 +70,28 @@ def _pool_nodes(env) -> int:
 @pytest.fixture
 def fake_cluster(tmp_path, object_store):
     """The fake cluster's address in an environment for its clients. Its nodes inherit the
-    head's environment, store credentials included (pool actors read S3)."""
-    port = free_port()
+    head's environment, store credentials included (pool actors read S3). What this test
+    started, and only that, stops on leaving (`ray stop` would end every Ray on the machine,
+    the suite's own session cluster included)."""
     cfg = tmp_path / "autoscaling.yaml"
-    cfg.write_text(CONFIG.format(port=port))
     venv_bin = os.path.dirname(sys.executable)
     # Ray 2.60 turns token auth on for clusters it starts; clients on this machine read the
     # token file, but only when told the mode.
     env = {**os.environ, **object_store.env(), "RAY_FAKE_CLUSTER": "1",
            "RAY_AUTH_MODE": "token", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
-           # On SIGTERM the head drains its node first, for up to 30 s; this fake head never
-           # finishes draining (its fake nodes hold it), and nothing here needs a drain.
-           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
            "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}"}
-    env.pop("RAY_ADDRESS", None)
-    # Its own temp dir (short: Ray's socket paths must fit 107 bytes): its session and its
-    # "current cluster" file stay out of /tmp/ray, so no later `ray.init` of another test or
-    # job finds this cluster, and every process of it carries the dir on its command line.
-    temp = tempfile.mkdtemp(prefix="rayfake", dir="/tmp")
-    head = subprocess.Popen(
-        [os.path.join(venv_bin, "ray"), "start", "--head", "--block", f"--port={port}",
-         f"--temp-dir={temp}", "--num-cpus=2", "--include-dashboard=false",
-         f"--autoscaling-config={cfg}"],
-        env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT,
-        start_new_session=True)
-    client = {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
-    client.pop("RAY_FAKE_CLUSTER")
-    try:
-        deadline = time.monotonic() + 90
-        while _pool_nodes(client) < 0:
-            assert head.poll() is None, (tmp_path / "head.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the fake cluster's head did not come up"
-            time.sleep(2)
-        yield client
-    finally:
-        # Stop what this test started, and only that (`ray stop` would end every Ray on the
-        # machine, the suite's own session cluster included): the head's process group, then
-        # every process under its temp dir (the fake nodes' raylets are not in that group),
-        # and wait until they are gone.
-        stop_process_group(head, grace_s=30)
-        for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
-            for p in _processes_under(temp):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p, sig)
-            deadline = time.monotonic() + 5
-            while _processes_under(temp) and time.monotonic() < deadline:
-                time.sleep(0.2)
-        assert not _processes_under(temp), "processes of the fake cluster survived"
-        shutil.rmtree(temp, ignore_errors=True)
+    head = RayHead(env, str(tmp_path / "head.log"), num_cpus=2, dashboard=False,
+                   extra_args=(f"--autoscaling-config={cfg}",),
+                   ready=lambda h: _pool_nodes(_client(h)) >= 0)
+    cfg.write_text(CONFIG.format(port=head.gcs_port))
+    with head:
+        yield _client(head)
 
 
-def _processes_under(temp: str) -> list[int]:
-    return [p.pid for p in local_processes() if p.alive and temp in p.cmdline]
+def _client(head: RayHead) -> dict[str, str]:
+    env = head.client_env()
+    env.pop("RAY_FAKE_CLUSTER")
+    return env
 
 
 @pytest.mark.services

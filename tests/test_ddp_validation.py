@@ -5,7 +5,6 @@ rank 0's BatchNorm statistics, as DDP's forward would give them."""
 
 import multiprocessing as mp
 import os
-import socket
 from datetime import timedelta
 
 import numpy as np
@@ -13,7 +12,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cluster.train_loop import EpochTotals, _evaluate, _share_buffers, all_reduce
+from cluster.local.ports import free_port
+from cluster.training.loop import EpochTotals, _evaluate, _share_buffers, all_reduce
 from pipelines.sources import IMAGE, LABEL
 
 
@@ -50,9 +50,7 @@ def _rank(rank: int, port: int, out) -> None:
 
 
 def test_ranks_with_unequal_validation_batches_finish_with_rank_0s_statistics():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     procs = [ctx.Process(target=_rank, args=(r, port, out)) for r in (0, 1)]

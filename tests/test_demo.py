@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from cluster.processes import local_processes
+from cluster.local.procfs import local_processes
 
 pytestmark = pytest.mark.services
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.echo_policy import EchoRuleConfig, EchoState, next_factor, target_factor
-from cluster.epochs import ECHOED, FRESH, PROGRESS, FreshEpochs
+from cluster.echo.policy import EchoRuleConfig, EchoState, next_factor, target_factor
+from cluster.training.epochs import ECHOED, FRESH, PROGRESS, FreshEpochs
 from pipelines.config import EchoConfig, PipelineConfig, PreprocessConfig, SourceConfig
 from pipelines.echo import ECHO, ShuffleBuffer, copy_counts, echo_batches, repeat_rows
 

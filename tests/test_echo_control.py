@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from cluster.throttle import TokenBucket
+from cluster.local.throttle import TokenBucket
 from pipelines.config import EchoConfig
 
 
@@ -25,7 +25,7 @@ def _wait_for(predicate, timeout_s: float = 20.0) -> bool:
 def test_controller_raises_the_factor_for_a_slow_pool_and_pool_actors_see_it(ray_cluster):
     import ray
 
-    from cluster.echo_control import ControllerFactor, EchoController
+    from cluster.echo.controller import ControllerFactor, EchoController
 
     ctl = EchoController.remote("t-auto", EchoConfig(auto=True, max_factor=4.0), world=2)
     source = ControllerFactor(ctl, initial=1.0, refresh_s=0.1)
@@ -49,7 +49,7 @@ def test_controller_raises_the_factor_for_a_slow_pool_and_pool_actors_see_it(ray
 def test_controller_keeps_a_fixed_factor_and_one_when_the_pool_keeps_up(ray_cluster):
     import ray
 
-    from cluster.echo_control import EchoController
+    from cluster.echo.controller import EchoController
 
     fixed = EchoController.remote("t-fixed", EchoConfig(factor=2.0), world=1)
     keeps_up = EchoController.remote("t-up", EchoConfig(auto=True), world=1)

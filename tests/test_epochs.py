@@ -2,8 +2,8 @@
 
 import torch
 
-from cluster.epochs import EpochSlicer, batch_len
-from cluster.train_loop import lr_at
+from cluster.training.epochs import EpochSlicer, batch_len
+from cluster.training.loop import lr_at
 
 
 def stream(total_rows: int, batch_size: int):

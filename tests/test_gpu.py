@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from cluster.config import TrainConfig
-from cluster.trainer import run_training
+from cluster.training.config import TrainConfig
+from cluster.training.trainer import run_training
 from pipelines import PipelineConfig, PreprocessConfig, SourceConfig
 
 pytestmark = [pytest.mark.gpu, pytest.mark.ray, pytest.mark.services]

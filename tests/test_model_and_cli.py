@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from cluster.model import build_model, normalize_on_device
+from cluster.training.model import build_model, normalize_on_device
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster import metrics as m
-from cluster.timeline import chrome_trace, write_timeline
+from cluster.observability import metrics as m
+from cluster.observability.timeline import chrome_trace, write_timeline
 
 DASHBOARDS = sorted((Path(__file__).parent.parent / "dashboards").glob("*.json"))
 # What Grafana would substitute; the test evaluates panels over the run's time range.
@@ -88,7 +88,7 @@ def test_dashboards_are_importable_grafana_json_with_a_datasource_variable():
             assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
             assert panel["targets"], panel["title"]
     assert (DASHBOARDS[0].parent / "provisioning" / "dashboards.yaml").exists()
-    # Every feedline series a panel reads is one cluster/metrics.py defines.
+    # Every feedline series a panel reads is one cluster/observability/metrics.py defines.
     known = {m.exported(n, s) for n, (kind, *_ ) in m.METRICS.items()
              for s in (("_bucket", "_sum", "_count") if kind == "histogram" else ("",))}
     used = {name for *_, expr in _panel_queries()
@@ -114,11 +114,11 @@ def observed_run(ray_cluster, object_store, prometheus_bin, tmp_path_factory):
     It echoes (e = 1.5, before augmentation), so the echo path, its accounting and its metrics
     run end to end here too, and the pool scaler watches it (one pool node, the max: it holds,
     and with echo_max 1 it leaves the run's own echo factor alone)."""
-    from cluster.config import TrainConfig
-    from cluster.prometheus import LocalPrometheus, ray_metrics_targets
-    from cluster.scaler import ScalerConfig
-    from cluster.scaling import PolicyConfig
-    from cluster.trainer import run_training
+    from cluster.local.prometheus import LocalPrometheus, ray_metrics_targets
+    from cluster.pool.policy import PolicyConfig
+    from cluster.pool.scaler import ScalerConfig
+    from cluster.training.config import TrainConfig
+    from cluster.training.trainer import run_training
     from pipelines import EchoConfig, PipelineConfig, PreprocessConfig, SourceConfig
     from pipelines.datasets import write_digits
 
@@ -154,7 +154,7 @@ def observed_run(ray_cluster, object_store, prometheus_bin, tmp_path_factory):
 @pytest.mark.ray
 @pytest.mark.services
 def test_feedline_metrics_are_on_rays_prometheus_endpoint(observed_run, object_store):
-    from cluster.prometheus import ray_metrics_targets
+    from cluster.local.prometheus import ray_metrics_targets
 
     text = "".join(urllib.request.urlopen(f"http://{t}/metrics", timeout=10).read().decode()
                    for t in ray_metrics_targets())

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cluster.prefetch import DevicePrefetcher
+from cluster.training.prefetch import DevicePrefetcher
 
 
 def source(n, log):

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from cluster.processes import local_processes, start_service, stop_process_group
+from cluster.local.procfs import local_processes
+from cluster.local.services import start_service, stop_process_group
 
 SLEEPER = "import time; time.sleep(60)  # feedline-process-probe"
 
@@ -82,7 +83,7 @@ def test_a_stopped_object_store_leaves_nothing_behind_in_tmp(tmp_path):
     """weed puts a unix socket per server in /tmp and its log files in TMPDIR; a stopped store
     removes its sockets and keeps its logs in its data directory (hundreds of stale sockets
     piled up in /tmp over a day of test runs before)."""
-    from cluster.object_store import EmbeddedObjectStore
+    from cluster.local.object_store import EmbeddedObjectStore
 
     def in_tmp():
         return set(glob.glob("/tmp/seaweedfs-*.sock")) | set(glob.glob("/tmp/weed.*"))

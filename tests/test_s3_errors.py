@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.object_store import free_port
+from cluster.local.ports import free_port
 from pipelines.storage import resolve
 
 pytestmark = pytest.mark.services
@@ -74,7 +74,7 @@ def test_object_store_refuses_a_disk_too_full_for_writable_volumes(tmp_path, mon
     import shutil
     from types import SimpleNamespace
 
-    from cluster import object_store
+    from cluster.local import object_store
 
     def usage(free):
         return lambda path: SimpleNamespace(total=total, used=total - free, free=free)

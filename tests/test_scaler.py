@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from cluster.scaler import ScalerConfig, pool_actor_bounds
-from cluster.scaling import PolicyConfig
+from cluster.pool.policy import PolicyConfig
+from cluster.pool.scaler import ScalerConfig, pool_actor_bounds
 from pipelines.config import EchoConfig
 
 
@@ -49,7 +49,7 @@ def _feed(ctl, seconds: float, pool_rate: float, train_rows: float, wait_s: floa
 def test_controller_observes_stall_consume_and_produce(ray_cluster):
     import ray
 
-    from cluster.echo_control import EchoController
+    from cluster.echo.controller import EchoController
 
     ctl = EchoController.remote("t-observe", EchoConfig(auto=True), world=2, external=True)
     _feed(ctl, 2.5, pool_rate=100, train_rows=200, wait_s=3.0)
@@ -70,8 +70,8 @@ def test_controller_observes_stall_consume_and_produce(ray_cluster):
 def test_scaler_asks_for_nodes_then_echoes_at_the_max(ray_cluster):
     import ray
 
-    from cluster.echo_control import ControllerFactor, EchoController
-    from cluster.scaler import PoolScaler, pool_nodes
+    from cluster.echo.controller import ControllerFactor, EchoController
+    from cluster.pool.scaler import PoolScaler, pool_nodes
 
     assert pool_nodes("preprocess_cpu") == 1  # the session cluster's one node
     ctl = EchoController.remote("t-scaler", EchoConfig(auto=True), world=2, external=True)

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from cluster.scaling import Observation, PolicyConfig, PolicyState, PoolPolicy, decide
+from cluster.pool.policy import Observation, PolicyConfig, PolicyState, PoolPolicy, decide
 
 CFG = PolicyConfig(min_nodes=0, max_nodes=64, cpus_per_node=16, gpus=8,
                    cpu_node_cost_per_hour=0.8, gpu_cost_per_hour=4.0, target_stall=0.05,

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from cluster.simulate import HOUR, POLICIES, SCENARIOS, Change, Scenario, reversals, simulate
+from cluster.pool.simulate import HOUR, POLICIES, SCENARIOS, Change, Scenario, reversals, simulate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEADY = Scenario(name="steady", description="nothing changes", gpus=64, max_nodes=80,

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from cluster.processes import local_processes
-from cluster.throttle import ThrottledProxy
+from cluster.local.procfs import local_processes
+from cluster.local.throttle import ThrottledProxy
 from pipelines import (
     PipelineConfig,
     PreprocessConfig,

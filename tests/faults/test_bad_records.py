@@ -76,7 +76,7 @@ def good_keys() -> set[str]:
 
 
 def test_bad_records_are_skipped_counted_by_kind_and_shard(ray_cluster, mixed):
-    from cluster.monitor import PoolReporter, start_monitor
+    from cluster.observability.monitor import PoolReporter, start_monitor
 
     cfg = PipelineConfig(source=SourceConfig(url=mixed, num_classes=10, max_bad_fraction=0.5),
                          preprocess=PRE, epochs=2)
@@ -128,8 +128,8 @@ def test_unreadable_shard_at_planning_is_skipped_or_stops_the_run(object_store):
 
 
 def test_run_training_stops_with_the_bad_data_error_itself(ray_cluster, mixed, tmp_path):
-    from cluster.config import TrainConfig
-    from cluster.trainer import run_training
+    from cluster.training.config import TrainConfig
+    from cluster.training.trainer import run_training
 
     train = PipelineConfig(source=SourceConfig(url=mixed), preprocess=PRE)
     tc = TrainConfig(epochs=1, batch_size=32, num_workers=1, cpus_per_worker=1,
@@ -150,15 +150,15 @@ def test_run_training_stops_with_the_bad_data_error_itself(ray_cluster, mixed, t
 
 def alive_ray_processes() -> list[str]:
     """Titles of the Ray worker processes alive now, for the failure message."""
-    from cluster.processes import local_processes
+    from cluster.local.procfs import local_processes
 
     return [f"{p.pid} {p.cmdline[:80]}" for p in local_processes()
             if p.alive and p.cmdline.startswith("ray::")]
 
 
 def test_the_limit_counts_bad_records_of_all_actors_together(ray_cluster):
-    from cluster.monitor import start_monitor
-    from cluster.train_loop import _check_bad_records
+    from cluster.observability.monitor import start_monitor
+    from cluster.training.loop import _check_bad_records
     from pipelines.observe import BlockSpan
 
     monitor = start_monitor(timeline=False)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from cluster.object_store import EmbeddedObjectStore
+from cluster.local.object_store import EmbeddedObjectStore
 from pipelines import (
     PipelineConfig,
     PreprocessConfig,
@@ -83,7 +83,7 @@ def test_an_outage_past_the_deadline_stops_the_stream_with_a_clear_error(ray_clu
     finally:
         store.start()
     assert time.time() - started < 90  # it gave up: nothing hangs
-    from cluster.trainer import _user_error
+    from cluster.training.trainer import _user_error
 
     text, user = str(err.value), _user_error(err.value)
     del err  # its traceback holds the failed stream and its pool actor: free them for others

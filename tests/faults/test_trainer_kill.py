@@ -12,9 +12,9 @@ import time
 import pyarrow.fs as pafs
 import pytest
 
-from cluster.config import TrainConfig
-from cluster.processes import local_processes
-from cluster.trainer import run_training
+from cluster.local.procfs import local_processes
+from cluster.training.config import TrainConfig
+from cluster.training.trainer import run_training
 from pipelines import PipelineConfig, PreprocessConfig, SourceConfig
 from pipelines.storage import resolve
 

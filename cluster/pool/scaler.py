@@ -1,4 +1,4 @@
-"""Applies the pool policy (`cluster.scaling`) to a running job on Ray: the thin, side-effecting
+"""Applies the pool policy (`cluster.pool.policy`) to a running job on Ray: the thin, side-effecting
 half of feedline's pool scaling.
 
     every interval_s:  EchoController.observe()  +  ray.nodes()  ->  Observation
@@ -32,8 +32,8 @@ from dataclasses import dataclass, field, replace
 
 import ray
 
-from cluster.metrics import ScalerMetrics
-from cluster.scaling import Decision, Observation, PolicyConfig, PoolPolicy
+from cluster.observability.metrics import ScalerMetrics
+from cluster.pool.policy import Decision, Observation, PolicyConfig, PoolPolicy
 
 __all__ = ["ScalerConfig", "PoolScaler", "start_scaler", "pool_actor_bounds", "pool_nodes"]
 

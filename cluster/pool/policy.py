@@ -31,8 +31,8 @@ It acts on what the GPUs measure, not on queued work:
 
 Every decision says why (`reason`, for people; `action`, a short label for metrics). No I/O, no
 clock reads, no randomness: the same observations give the same decisions. The state between
-decisions is an explicit frozen `PolicyState`; `PoolPolicy` only holds it. `cluster.scaler`
-applies decisions to Ray; `cluster.simulate` runs this same code at 1,024-GPU scale.
+decisions is an explicit frozen `PolicyState`; `PoolPolicy` only holds it. `cluster.pool.scaler`
+applies decisions to Ray; `cluster.pool.simulate` runs this same code at 1,024-GPU scale.
 """
 
 from __future__ import annotations

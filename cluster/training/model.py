@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-from cluster.config import MODELS
+from cluster.training.config import MODELS
 
 __all__ = ["MODELS", "build_model"]
 

@@ -13,12 +13,12 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from cluster.config import TrainConfig
-from cluster.echo_control import ControllerFactor, start_echo_controller
-from cluster.monitor import PoolReporter, start_monitor
-from cluster.scaler import ScalerConfig, pool_actor_bounds, start_scaler
-from cluster.timeline import write_timeline
-from cluster.train_loop import train_loop_per_worker
+from cluster.echo.controller import ControllerFactor, start_echo_controller
+from cluster.observability.monitor import PoolReporter, start_monitor
+from cluster.observability.timeline import write_timeline
+from cluster.pool.scaler import ScalerConfig, pool_actor_bounds, start_scaler
+from cluster.training.config import TrainConfig
+from cluster.training.loop import train_loop_per_worker
 from pipelines import PipelineConfig, ShardPlan, build_dataset, plan_source
 from pipelines.badrecords import BadDataError, BadRecordLimit
 from pipelines.storage import StorageError, resolve

@@ -17,7 +17,7 @@ import asyncio
 import threading
 import time
 
-from cluster.object_store import free_port
+from cluster.local.ports import free_port
 
 __all__ = ["ThrottledProxy", "TokenBucket"]
 

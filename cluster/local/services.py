@@ -1,7 +1,5 @@
-"""Local processes: services (SeaweedFS, a Ray head) in their own process sessions (start, wait
-until ready, stop exactly what was started), and the processes on this machine as /proc shows
-them (Ray titles each worker process after the actor or task it runs, which is how the soak
-script and the fault tests find Ray's workers without the dashboard's state API)."""
+"""Local services (SeaweedFS, a Ray head, Prometheus) in their own process sessions: start, wait
+until ready, stop exactly what was started."""
 
 from __future__ import annotations
 
@@ -11,43 +9,10 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-__all__ = ["LocalProcess", "local_processes", "start_service", "wait_ready",
-           "stop_process_group"]
+from cluster.local.procfs import local_processes
 
-
-@dataclass(frozen=True)
-class LocalProcess:
-    pid: int
-    cmdline: str  # arguments joined by spaces; a Ray worker's is its title, "ray::Class.method"
-    state: str  # /proc state letter: "R", "S", ...; "Z" for a zombie (dead, not yet reaped)
-    rss_mb: float  # resident memory; 0 where the kernel reports none (zombies)
-    pgid: int  # process group
-
-    @property
-    def alive(self) -> bool:
-        return self.state != "Z"
-
-
-def local_processes() -> list[LocalProcess]:
-    """Every process on this machine (Linux /proc), ordered by pid; processes that end while
-    being read are left out."""
-    found = []
-    for pid in sorted(filter(str.isdigit, os.listdir("/proc")), key=int):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                args = f.read().decode(errors="replace").split("\0")
-            with open(f"/proc/{pid}/stat") as f:
-                state, _ppid, pgid = f.read().rsplit(")", 1)[1].split()[:3]
-            with open(f"/proc/{pid}/status") as f:
-                rss_kb = next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")),
-                              0)
-        except (OSError, IndexError):
-            continue
-        found.append(LocalProcess(int(pid), " ".join(a for a in args if a), state,
-                                  rss_kb / 1024, int(pgid)))
-    return found
+__all__ = ["start_service", "wait_ready", "stop_process_group"]
 
 
 def stop_process_group(proc: subprocess.Popen | None, grace_s: float = 15.0) -> None:

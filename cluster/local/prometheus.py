@@ -14,8 +14,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from cluster.object_store import free_port
-from cluster.processes import start_service, stop_process_group, wait_ready
+from cluster.local.ports import free_port
+from cluster.local.services import start_service, stop_process_group, wait_ready
 
 __all__ = ["LocalPrometheus", "ray_metrics_targets", "prometheus_binary", "RAY_SD_FILE"]
 

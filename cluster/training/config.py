@@ -7,8 +7,8 @@ from dataclasses import dataclass
 __all__ = ["MODELS", "TrainConfig"]
 
 MODELS = ("resnet18", "resnet34", "resnet50")
-"""The torchvision ResNets `cluster.model.build_model` builds (here, so that command lines can
-offer them without importing torch)."""
+"""The torchvision ResNets `cluster.training.model.build_model` builds (here, so that command
+lines can offer them without importing torch)."""
 
 
 @dataclass(frozen=True, kw_only=True)

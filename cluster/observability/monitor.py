@@ -15,7 +15,7 @@ from collections import Counter
 
 import ray
 
-from cluster.metrics import PoolMetrics
+from cluster.observability.metrics import PoolMetrics
 from pipelines.badrecords import SAMPLE_KEYS
 from pipelines.observe import BlockSpan
 

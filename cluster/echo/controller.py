@@ -1,5 +1,5 @@
 """Applies the echo factor to a running stream: measures the two rates, runs the pure rule
-(`cluster.echo_policy`), and hands the factor to whoever echoes.
+(`cluster.echo.policy`), and hands the factor to whoever echoes.
 
     pool actors --(fresh examples, busy s per block)--> EchoController <--(rows, busy s)-- ranks
     pool actors (example modes) <--factor, asked at most once a second-- EchoController
@@ -17,8 +17,8 @@ from collections import deque
 
 import ray
 
-from cluster.echo_policy import EchoRuleConfig, EchoState, next_factor
-from cluster.metrics import EchoMetrics
+from cluster.echo.policy import EchoRuleConfig, EchoState, next_factor
+from cluster.observability.metrics import EchoMetrics
 from pipelines.config import EchoConfig
 
 __all__ = ["EchoController", "ControllerFactor", "ConsumeReporter", "start_echo_controller"]

@@ -11,7 +11,7 @@ when the smoothed value leaves a dead band around it, so measurement noise does 
 jitter. When the pool keeps up, the ratio is <= 1 and the factor stays exactly 1.
 
 The part that measures the rates and applies the factor to the running stream is
-`cluster.echo_control`; this module does no I/O and reads no clock.
+`cluster.echo.controller`; this module does no I/O and reads no clock.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Benchmark and experiment harnesses behind the thin CLIs in `jobs/`."""

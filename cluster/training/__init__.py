@@ -1,0 +1,1 @@
+"""Ray Train DDP over the feedline stream: config, model, per-rank loop, trainer."""
