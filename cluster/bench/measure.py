@@ -1,0 +1,117 @@
+"""Measuring a loader: time to its first batch, steady images/s, memory and where the cores
+went, for plain loaders and for Ray systems on a fresh local Ray."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable
+
+from cluster.bench.cores import CpuSplit, PeakMemory
+from pipelines import PreprocessConfig
+
+__all__ = ["BATCH", "SIZE", "POOL", "measure", "time_to_first_batch", "wait_until_idle",
+           "run_on_ray", "mean_limit"]
+
+BATCH, SIZE = 256, 224
+"""Images per batch, and the side of the output images."""
+IDLE_SAMPLE_S = 3.0
+"""Seconds each benchmark Ray is left to settle, then watched at rest, between its cold start
+and the measurement."""
+POOL = PreprocessConfig.pool_resource
+"""The resource feedline's pool asks for, offered by each benchmark Ray."""
+
+
+def _stop(it: Iterable) -> None:
+    """Stop a pipeline's own threads now: one left running touches Ray after the
+    ray.shutdown() that follows, and Ray then exits the whole process."""
+    close = getattr(it, "close", None)
+    if close is not None:
+        close()
+
+
+def time_to_first_batch(make_batches: Callable[[], Iterable]) -> float:
+    """Seconds from `make_batches()` (which builds the pipeline) to its first batch; the
+    pipeline is then stopped."""
+    start = time.perf_counter()
+    it = iter(make_batches())
+    try:
+        next(it)
+        return time.perf_counter() - start
+    finally:
+        _stop(it)
+
+
+def wait_until_idle(timeout_s: float = 60.0) -> None:
+    """Wait until Ray has all its resources back (a stopped pipeline's actors and tasks gone),
+    so that one measurement's teardown does not run into the next."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        total, free = ray.cluster_resources(), ray.available_resources()
+        if all(free.get(k, 0) >= v for k, v in total.items()
+               if k in ("CPU", POOL)):
+            return
+        time.sleep(0.1)
+    print(f"warning: Ray still busy {timeout_s:.0f} s after the cold start; measuring anyway",
+          file=sys.stderr)
+
+
+def measure(make_batches: Callable[[], Iterable], seconds: float) -> dict:
+    """Time to first batch from `make_batches()` (which builds the pipeline), then steady
+    images/s over the following `seconds`, skipping the first two batches as warm-up."""
+    with PeakMemory() as mem:
+        start = time.perf_counter()
+        it = iter(make_batches())
+        first = None
+        images, warm_images, warm_at = 0, 0, None
+        for batch in it:
+            now = time.perf_counter()
+            n = len(batch["label"])
+            images += n
+            if first is None:
+                first = now - start
+            elif warm_at is None and images >= 3 * BATCH:
+                warm_at, warm_images = now, images
+                split = CpuSplit().start()
+            if warm_at is not None and now - warm_at >= seconds:
+                break
+        end = time.perf_counter()
+        cpu = split.stop() if warm_at is not None else {}
+        _stop(it)
+        del it
+    steady = (images - warm_images) / (end - warm_at) if warm_at and end > warm_at else 0.0
+    return {"images_per_s": steady, "first_batch_s": first, "images": images,
+            "peak_rss_mb": mem.peak_rss / 2**20, "object_store_peak_mb": mem.peak_shm / 2**20,
+            "cpu_cores": cpu}
+
+
+def mean_limit(runs: list[dict]) -> dict:
+    """The limit's row from its runs: the mean images/s (each run's figure kept beside it), the
+    first run's first batch, the largest memory figures."""
+    row = dict(runs[0])
+    row["images_per_s"] = sum(r["images_per_s"] for r in runs) / len(runs)
+    row["images_per_s_runs"] = [r["images_per_s"] for r in runs]
+    row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    row["object_store_peak_mb"] = max(r["object_store_peak_mb"] for r in runs)
+    return row
+
+
+def run_on_ray(make_batches: Callable[[], Iterable], seconds: float) -> dict:
+    """A Ray system on the fresh Ray the caller started: first its cold start (the first
+    dataset on this Ray, which also starts Ray Data's own cluster-wide actors), then the
+    measurement proper, of a second dataset on the now running Ray."""
+    cold = time_to_first_batch(make_batches)
+    wait_until_idle()
+    # What this Ray costs at rest, with Ray Data's cluster-wide actors up and nothing running:
+    # the share of the cores no pipeline on it can have. First a pause for the workers Ray
+    # starts in place of the stopped pipeline's actors (each imports Ray: about a CPU-second).
+    time.sleep(IDLE_SAMPLE_S)
+    split = CpuSplit().start()
+    time.sleep(IDLE_SAMPLE_S)
+    at_rest = split.stop()["Ray's own"]
+    result = measure(make_batches, seconds)
+    result["first_batch_cold_s"] = cold
+    result["ray_at_rest_cores"] = at_rest
+    return result
