@@ -23,9 +23,10 @@ import ray.train.torch  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from cluster.training.collectives import all_reduce  # noqa: E402
 from cluster.training.config import TrainConfig  # noqa: E402
-from cluster.training.loop import MEAN, STD, all_reduce  # noqa: E402
 from cluster.training.model import MODELS, build_model, normalize_on_device  # noqa: E402
+from cluster.training.stepper import MEAN, STD  # noqa: E402
 from cluster.training.trainer import run_training  # noqa: E402
 from pipelines import (  # noqa: E402
     PipelineConfig,

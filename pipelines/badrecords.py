@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipelines.errors import FeedlineError
+
 __all__ = ["BadDataError", "BadRecords", "BadRecordLimit", "label_problems", "SAMPLE_KEYS"]
 
 log = logging.getLogger(__name__)
@@ -24,7 +26,7 @@ SAMPLE_KEYS = 5
 """Keys of bad records kept (per process) for the log and the summary."""
 
 
-class BadDataError(RuntimeError):
+class BadDataError(FeedlineError, RuntimeError):
     """More bad records than `--max-bad-fraction` allows: the run stops."""
 
 

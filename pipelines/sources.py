@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from pipelines.badrecords import BadRecordLimit
 from pipelines.config import SourceConfig
+from pipelines.errors import FeedlineError
 from pipelines.storage import Location, StorageError, explain, is_denied, is_transient, resolve
 
 __all__ = [
@@ -50,7 +51,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".
 _LISTING_THREADS = 16
 
 
-class SchemaError(ValueError):
+class SchemaError(FeedlineError, ValueError):
     """A shard does not have the canonical columns."""
 
 

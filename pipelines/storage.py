@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pyarrow.fs as pafs
 
 from pipelines.config import StorageConfig
+from pipelines.errors import FeedlineError
 
 __all__ = [
     "StorageError", "Location", "resolve", "filesystem", "has_credentials", "explain",
@@ -24,7 +25,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class StorageError(RuntimeError):
+class StorageError(FeedlineError, RuntimeError):
     """A problem with the object store or a path in it, phrased for the user."""
 
 

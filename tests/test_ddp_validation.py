@@ -13,7 +13,9 @@ import torch.distributed as dist
 from torch import nn
 
 from cluster.local.ports import free_port
-from cluster.training.loop import EpochTotals, _evaluate, _share_buffers, all_reduce
+from cluster.training.collectives import all_reduce, share_buffers
+from cluster.training.stepper import EpochTotals
+from cluster.training.validation import evaluate
 from pipelines.sources import IMAGE, LABEL
 
 
@@ -40,8 +42,8 @@ def _rank(rank: int, port: int, out) -> None:
         device = torch.device("cpu")
         mean, std = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
         totals = EpochTotals()
-        _share_buffers(model)
-        _evaluate(model, _batches(2) if rank == 0 else [], device, mean, std, totals)
+        share_buffers(model)
+        evaluate(model, _batches(2) if rank == 0 else [], device, mean, std, totals)
         correct, count, loss = all_reduce(
             [totals.val_correct, totals.val_count, totals.val_loss_sum], device)
         out.put((rank, count, loss, model.module[1].running_mean.tolist(), model.training))
@@ -71,6 +73,6 @@ def test_ranks_with_unequal_validation_batches_finish_with_rank_0s_statistics():
 
     # The same validation done locally through an unwrapped model gives rank 0's figures.
     totals = EpochTotals()
-    _evaluate(_model(), _batches(2), torch.device("cpu"), torch.zeros(1, 3, 1, 1),
+    evaluate(_model(), _batches(2), torch.device("cpu"), torch.zeros(1, 3, 1, 1),
               torch.ones(1, 3, 1, 1), totals)
     assert totals.val_loss_sum == loss0 and totals.val_count == 16

@@ -3,7 +3,7 @@
 import torch
 
 from cluster.training.epochs import EpochSlicer, batch_len
-from cluster.training.loop import lr_at
+from cluster.training.stepper import lr_at
 
 
 def stream(total_rows: int, batch_size: int):

@@ -149,8 +149,7 @@ def test_gpu_overlay_has_a_gpu_group_with_tolerations(rendered):
 
 
 def test_rayjob_entrypoint_parses_and_matches_the_cluster(rendered):
-    sys.path.insert(0, str(ROOT / "jobs"))
-    from train_resnet import parse_args
+    from cluster.cli.train import parse_args
 
     overlay, docs = rendered
     job = _one(docs, "RayJob")
@@ -163,8 +162,8 @@ def test_rayjob_entrypoint_parses_and_matches_the_cluster(rendered):
     groups = {g["groupName"]: g for g in _one(docs, "RayCluster")["spec"]["workerGroupSpecs"]}
     pool = groups["cpu-pool"]
     declared = json.loads(json.loads(pool["rayStartParams"]["resources"]))
-    assert args.pool_cpus_per_node == declared[args.pool_resource]
-    assert args.pool_max_nodes == pool["maxReplicas"]
+    assert args.cpus_per_node == declared[args.pool_resource]
+    assert args.max_nodes == pool["maxReplicas"]
     trainers = groups["gpu" if overlay == "gpu" else "cpu-train"]
     per_pod = int(trainers["rayStartParams"]["num-cpus"]) // max(1, int(args.cpus_per_worker))
     if args.use_gpu:

@@ -219,7 +219,7 @@ def raydata_batches(url: str, storage: StorageConfig) -> Callable[[], Iterable]:
 def feedline_batches(url: str, storage: StorageConfig, cores: int,
                      deterministic: bool = False) -> Callable[[], Iterable]:
     from cluster.training.config import TrainConfig
-    from cluster.training.loop import Collate
+    from cluster.training.stream import Collate
     from pipelines import PipelineConfig, build_dataset
     from pipelines.readahead import ReadAhead
 

@@ -62,9 +62,28 @@ class TrainConfig:
     """Seed of model initialisation."""
     target_accuracy: float | None = None
     """Stop at the first validation whose accuracy reaches this (None: run all epochs)."""
+    train_log_level: str = "WARNING"
+    """Level of Ray Train's own console log (its files under the Ray session keep every level);
+    at INFO it logs every report with its whole metrics dict."""
     val_every_rows: int = 0
     """Also validate inside epochs, every this many fresh training rows (all ranks together);
     0 validates at epoch ends only."""
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"model {self.model!r}: choose one of {', '.join(MODELS)}")
+        for name in ("epochs", "batch_size", "num_workers", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_failures", "prefetch_batches", "shuffle_buffer_rows",
+                     "val_every_rows"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if self.train_log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(f"train_log_level {self.train_log_level!r}: choose DEBUG, INFO, "
+                             "WARNING or ERROR")
 
     def peak_lr(self) -> float:
         return self.lr if self.lr is not None else 0.1 * self.batch_size * self.num_workers / 256

@@ -158,7 +158,7 @@ def alive_ray_processes() -> list[str]:
 
 def test_the_limit_counts_bad_records_of_all_actors_together(ray_cluster):
     from cluster.observability.monitor import start_monitor
-    from cluster.training.loop import _check_bad_records
+    from cluster.training.loop import check_bad_records
     from pipelines.observe import BlockSpan
 
     monitor = start_monitor(timeline=False)
@@ -167,8 +167,8 @@ def test_the_limit_counts_bad_records_of_all_actors_together(ray_cluster):
         monitor.add_block.remote(actor, BlockSpan(0, 1, 10, 0, {"truncated": 1},
                                                   bad_shards={shard: 1}, bad_keys=(actor,)))
     import torch
-    _check_bad_records(monitor, limit, epoch=1, rank=0, device=torch.device("cpu"))  # none
+    check_bad_records(monitor, limit, epoch=1, rank=0, device=torch.device("cpu"))  # none
     with pytest.raises(BadDataError, match=r"2 bad records in epoch 1 .*truncated 2.*\(1 of "
                                            r"1000 rows allowed\)"):
-        _check_bad_records(monitor, limit, epoch=0, rank=0, device=torch.device("cpu"))
+        check_bad_records(monitor, limit, epoch=0, rank=0, device=torch.device("cpu"))
     ray.kill(monitor)

@@ -83,9 +83,9 @@ def test_an_outage_past_the_deadline_stops_the_stream_with_a_clear_error(ray_clu
     finally:
         store.start()
     assert time.time() - started < 90  # it gave up: nothing hangs
-    from cluster.training.trainer import _user_error
+    from cluster.training.errors import user_error
 
-    text, user = str(err.value), _user_error(err.value)
+    text, user = str(err.value), user_error(err.value)
     del err  # its traceback holds the failed stream and its pool actor: free them for others
     gc.collect()
     assert f"the object store at {store.endpoint} has been unreachable or failing" in text
