@@ -53,7 +53,7 @@ def print_summary(path: str) -> dict:
     print(f"waiting for data    : {100 * s['data_wait_fraction']:.1f}% of step time")
     print(f"wall time           : {s['wall_s']:.1f} s for {s['epochs']} epochs")
     print(f"examples            : {s['fresh_examples']} fresh, {s['echoed_examples']} echoed, "
-          f"{s['bad_examples']} bad records skipped")
+          f"{s['bad_records']} bad records skipped")
     if s.get("timeline"):
         print(f"timeline            : {s['timeline']}/timeline.png (and timeline.json for "
               "Perfetto)")

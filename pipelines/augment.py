@@ -239,14 +239,16 @@ def decode_side(recipe: str, size: int, train: bool) -> int | None:
 
 
 def apply_batch(transform: Transform, images: Sequence[Image.Image | np.ndarray], size: int,
-                rng: np.random.Generator | None = None) -> np.ndarray:
+                rng: np.random.Generator | Sequence[np.random.Generator] | None = None
+                ) -> np.ndarray:
     """Apply `transform` to each RGB image (PIL, or an HWC uint8 array); returns one
-    (N, 3, size, size) uint8 array. `rng` draws the random steps' parameters (default: a fresh
-    unseeded generator)."""
+    (N, 3, size, size) uint8 array. `rng` draws the random steps' parameters: one generator
+    for all, or one per image (default: a fresh unseeded generator)."""
     rng = rng if rng is not None else np.random.default_rng()
+    rngs = rng if isinstance(rng, Sequence) else [rng] * len(images)
     out = np.empty((len(images), 3, size, size), dtype=np.uint8)
     for i, img in enumerate(images):
         if isinstance(img, np.ndarray):
             img = Image.fromarray(np.ascontiguousarray(img), "RGB")
-        out[i] = np.asarray(transform(img, rng)).transpose(2, 0, 1)
+        out[i] = np.asarray(transform(img, rngs[i])).transpose(2, 0, 1)
     return out

@@ -19,7 +19,8 @@ import numpy as np
 
 from pipelines.errors import FeedlineError
 
-__all__ = ["BadDataError", "BadRecords", "BadRecordLimit", "label_problems", "SAMPLE_KEYS"]
+__all__ = ["BadDataError", "BadRecord", "BadRecords", "BadRecordLimit", "label_problems",
+           "SAMPLE_KEYS"]
 
 log = logging.getLogger(__name__)
 SAMPLE_KEYS = 5
@@ -59,6 +60,21 @@ class BadRecordLimit:
             raise self.error(epoch, count, by_kind, by_shard, sample)
 
 
+@dataclass(frozen=True)
+class BadRecord:
+    """One bad record as a user would fix it: its key and shard, what is wrong and why. A shard
+    that cannot be read is one record (its key is the shard) of `count` rows."""
+
+    key: str
+    shard: str
+    kind: str
+    why: str
+    epoch: int
+    row: int = -1
+    """Its row id in the plan (pipelines.position), -1 if unknown; a shard's first row."""
+    count: int = 1
+
+
 @dataclass
 class BadRecords:
     """The ledger of one process: good records, bad ones by kind, by shard and by epoch."""
@@ -73,9 +89,11 @@ class BadRecords:
     by_epoch: Counter = field(default_factory=Counter)
     kinds_by_epoch: dict[int, Counter] = field(default_factory=dict)
     shards_by_epoch: dict[int, Counter] = field(default_factory=dict)
+    records: list[BadRecord] = field(default_factory=list)
+    """Every bad record met since the last `take_records()`."""
 
     def add_bad(self, kind: str, key: str, shard: str = "", epoch: int = 0, count: int = 1,
-                why: str = "") -> None:
+                why: str = "", row: int = -1) -> None:
         self.bad[kind] += count
         self.by_shard[shard or key] += count
         self.by_epoch[epoch] += count
@@ -83,8 +101,14 @@ class BadRecords:
         self.shards_by_epoch.setdefault(epoch, Counter())[shard or key] += count
         if len(self.sample_keys) < SAMPLE_KEYS:
             self.sample_keys.append(key)
+        self.records.append(BadRecord(key, shard, kind, why, epoch, row, count))
         log.warning("skipping %s bad record%s %s (%s)%s", count, "s" * (count != 1), key, kind,
                     f": {why}" if why else "")
+
+    def take_records(self) -> tuple[BadRecord, ...]:
+        """The bad records met since the last call (each reported once)."""
+        taken, self.records = tuple(self.records), []
+        return taken
 
     def forget_epochs(self) -> None:
         """Start the per-epoch counts over (a validation pass reads its units again as epoch 0);

@@ -31,6 +31,14 @@ from pipelines.decode import decode_many
 from pipelines.echo import FactorSource, FixedFactor, ShuffleBuffer, copy_counts, repeat_rows
 from pipelines.index import positions_of, unit_positions
 from pipelines.observe import BlockObserver, BlockSpan
+from pipelines.position import (
+    BLOCK,
+    EPOCH,
+    ROW,
+    PositionSource,
+    StreamPosition,
+    row_offsets,
+)
 from pipelines.sources import (
     IMAGE,
     KEY,
@@ -46,6 +54,7 @@ from pipelines.storage import explain, resolve, retry_transient
 __all__ = ["build_dataset", "Preprocessor", "unit_order", "MAX_INDEX_BLOCKS"]
 
 log = logging.getLogger(__name__)
+_UNKNOWN = object()
 MAX_INDEX_BLOCKS = 512
 """Most blocks the stream of positions is cut into (each is put before the first batch)."""
 
@@ -70,7 +79,8 @@ class Preprocessor:
 
     def __init__(self, config: PipelineConfig, units: tuple[WorkUnit, ...],
                  observer: BlockObserver | None = None,
-                 factor_source: FactorSource | None = None, rows_per_epoch: int | None = None):
+                 factor_source: FactorSource | None = None, rows_per_epoch: int | None = None,
+                 position: PositionSource | None = None):
         self.config, self.units = config, units
         p = config.preprocess
         self.loc = resolve(config.source.url, config.source.storage)
@@ -88,6 +98,17 @@ class Preprocessor:
         self.echo = echo if config.train and echo.in_pool else None
         self.factor_source = factor_source or FixedFactor(echo.factor)
         self._order_epoch, self._order = -1, np.arange(0)
+        self.offsets = row_offsets(units)
+        self.position_source = position
+        self._position = _UNKNOWN
+        # Deterministic streams keep every block one size (placeholders fill the gaps), so
+        # that a resumed stream is dealt to the ranks as the uninterrupted one was.
+        self.pad = config.train and config.deterministic and self.echo is None
+        ranks = max(1, config.split_ranks)
+        self._unit_blocks = np.array([ranks * -(-u.num_rows // (ranks * p.output_rows))
+                                      for u in units], np.int64)
+        self._block_starts: dict[int, np.ndarray] = {}
+        self._shard_of = ""
 
     def _unit(self, seq: int) -> tuple[int, int, WorkUnit]:
         """Epoch, unit index and unit of stream position `seq` (units arrive epoch by epoch, so
@@ -112,7 +133,8 @@ class Preprocessor:
             return ""
         return f"s3://{unit.path}" if self.fs.type_name == "s3" else unit.path
 
-    def _read(self, unit: WorkUnit, epoch: int) -> dict[str, np.ndarray] | None:
+    def _read(self, unit: WorkUnit, epoch: int, first_row: int = -1
+              ) -> dict[str, np.ndarray] | None:
         """The unit's rows; retried while the store is down (up to the storage deadline, then
         a StorageError stops the run); None, with its rows counted as bad, when the shard
         cannot be read."""
@@ -125,24 +147,142 @@ class Preprocessor:
                 raise explain(e, self.loc) if isinstance(e, OSError) else e from None
             self.footers.pop(unit.path, None)
             self.stats.add_bad("unreadable_shard", shard, shard, epoch, count=unit.num_rows,
-                               why=str(e).strip().splitlines()[0] if str(e).strip() else "")
+                               why=str(e).strip().splitlines()[0] if str(e).strip() else "",
+                               row=first_row)
             return None
 
     def _augment(self, images: list[Image.Image], labels: np.ndarray, keys: np.ndarray,
-                 aug_rng: np.random.Generator, echo_rng: np.random.Generator
+                 rows: np.ndarray, epoch: int, echo_rng: np.random.Generator
                  ) -> dict[str, np.ndarray]:
-        """The block of decoded `images`: augmented, and echoed when this stream echoes."""
+        """The block of decoded `images` (rows `rows` of `epoch`): augmented, and echoed when
+        this stream echoes. Each row's augmentation is drawn from a generator of its own,
+        seeded by (seed, epoch, row id): the same pixels whichever actor makes it, whatever
+        else is in its block, and whichever rows a resumed stream leaves out."""
         size = self.config.preprocess.image_size
+        seed = self.config.seed
+        cols = {LABEL: labels, KEY: keys, EPOCH: np.full(len(rows), epoch, np.int32),
+                ROW: rows.astype(np.int64)}
         if self.echo is None:
-            return {IMAGE: apply_batch(self.transform, images, size, aug_rng), LABEL: labels,
-                    KEY: keys}
+            rngs = [np.random.default_rng([seed, epoch, int(r), 3]) for r in rows]
+            return {IMAGE: apply_batch(self.transform, images, size, rngs), **cols}
         counts = copy_counts(len(images), self.factor_source.factor(), echo_rng)
         if self.echo.mode == "example":  # echo before augmentation: each copy its own crop
-            images = [a for a, c in zip(images, counts, strict=True) for _ in range(c)]
-            return {IMAGE: apply_batch(self.transform, images, size, aug_rng),
-                    **repeat_rows({LABEL: labels, KEY: keys}, counts)}
-        return repeat_rows({IMAGE: apply_batch(self.transform, images, size, aug_rng),
-                            LABEL: labels, KEY: keys}, counts)
+            rngs = [np.random.default_rng([seed, epoch, int(r), 3]) for r in rows]
+            copies = [(img, g) for img, g, c in zip(images, rngs, counts, strict=True)
+                      for _ in range(c)]
+            return {IMAGE: apply_batch(self.transform, [c[0] for c in copies], size,
+                                       [c[1] for c in copies]),
+                    **repeat_rows(cols, counts)}
+        rngs = [np.random.default_rng([seed, epoch, int(r), 3]) for r in rows]
+        return repeat_rows({IMAGE: apply_batch(self.transform, images, size, rngs), **cols},
+                           counts)
+
+    def _resume(self) -> StreamPosition | None:
+        """The position this stream resumes from, asked once per process."""
+        if self._position is _UNKNOWN:
+            self._position = (self.position_source.position()
+                              if self.position_source is not None else None)
+        return self._position
+
+    def _first_block(self, seq: int) -> int:
+        """Deterministic streams: the stream-wide index of position `seq`'s first block."""
+        n = len(self.units)
+        epoch, pos = divmod(seq, n)
+        if epoch not in self._block_starts:
+            order = unit_order(n, epoch, self.config.seed, self.config.shuffle)
+            blocks = self._unit_blocks[order]
+            self._block_starts = {epoch: np.concatenate([[0], np.cumsum(blocks)])}
+        return epoch * int(self._unit_blocks.sum()) + int(self._block_starts[epoch][pos])
+
+    def _placeholders(self, n: int, epoch: int) -> dict[str, np.ndarray]:
+        """`n` rows that stand for nothing (label -1): they keep a deterministic stream's
+        blocks all one size, so Ray Train deals them to the ranks in turn."""
+        size = self.config.preprocess.image_size
+        return {IMAGE: np.zeros((n, 3, size, size), np.uint8), LABEL: np.full(n, -1, np.int64),
+                KEY: np.full(n, "", dtype=object), EPOCH: np.full(n, epoch, np.int32),
+                ROW: np.full(n, -1, np.int64)}
+
+    def _padded(self, block: dict[str, np.ndarray] | None, epoch: int, g: int
+                ) -> dict[str, np.ndarray]:
+        rows = self.config.preprocess.output_rows
+        have = 0 if block is None else len(block[LABEL])
+        parts = [block] if block is not None else []
+        if have < rows:
+            parts.append(self._placeholders(rows - have, epoch))
+        out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        out[BLOCK] = np.full(rows, g, np.int64)
+        return out
+
+    def _unit_blocks_out(self, seq: int, epoch: int, index: int, unit: WorkUnit,
+                         report: _Reporter) -> Iterator[dict[str, np.ndarray]]:
+        """The blocks of one stream position: its unit read, the rows a resumed stream has
+        done dropped before decode, the rest decoded and augmented."""
+        cfg = self.config
+        position = self._resume()
+        first = self._first_block(seq) if self.pad else 0
+        nblocks = int(self._unit_blocks[index])
+        start_block = position.start_block if (self.pad and position is not None) else 0
+        if first + nblocks <= start_block:
+            return
+        if not self.pad and position is not None and position.epoch_done(epoch):
+            return
+        rows = self._read(unit, epoch, int(self.offsets[index]))
+        if rows is None:
+            for j in range(nblocks) if self.pad else ():
+                if first + j >= start_block:
+                    yield self._padded(None, epoch, first + j)
+            return
+        n = len(rows[LABEL])
+        order = np.arange(n)
+        if cfg.shuffle:
+            np.random.default_rng([cfg.seed, epoch, index]).shuffle(order)
+        echo_rng = np.random.default_rng([cfg.seed, epoch, index, 2])
+        ids = self.offsets[index] + np.arange(n)
+        for j, take in enumerate(self._chunks(order, index)):
+            if first + j < start_block:
+                continue
+            if position is not None:
+                take = take[~position.done_rows(epoch, ids[take])]
+            block = self._block(rows, take, ids, epoch, echo_rng, report)
+            if self.pad:
+                yield self._padded(block, epoch, first + j)
+            elif block is not None:
+                yield block
+
+    def _chunks(self, order: np.ndarray, index: int) -> list[np.ndarray]:
+        """A unit's rows (in `order`) as its blocks: `output_rows` each; in a deterministic
+        stream the unit's blocks (a multiple of the ranks, so they are dealt evenly) share its
+        rows evenly, the longer ones turned by the unit's index, so every rank gets nearly the
+        same rows (a rank that runs dry first ends the last epoch for all)."""
+        size = self.config.preprocess.output_rows
+        if not self.pad:
+            return [order[s:s + size] for s in range(0, len(order), size)]
+        chunks = np.array_split(order, int(self._unit_blocks[index]))
+        turn = index % len(chunks)
+        return chunks[turn:] + chunks[:turn]
+
+    def _block(self, rows: dict[str, np.ndarray], take: np.ndarray, ids: np.ndarray,
+               epoch: int, echo_rng: np.random.Generator, report: _Reporter
+               ) -> dict[str, np.ndarray] | None:
+        """Rows `take` of a unit: bad labels and undecodable images skipped and counted, the
+        rest augmented (None when none is left)."""
+        num_classes = self.config.source.num_classes
+        shard = self._shard_of
+        bad_label = label_problems(rows[LABEL][take], num_classes)
+        for i in np.flatnonzero(bad_label):
+            self.stats.add_bad("bad_label", str(rows[KEY][take[i]]), shard, epoch,
+                               why=f"label {rows[LABEL][take[i]]} is not a class"
+                               + (f" of 0..{num_classes - 1}" if num_classes else ""),
+                               row=int(ids[take[i]]))
+        take = take[~bad_label]
+        keys = rows[KEY][take]
+        images, kept = decode_many(rows[IMAGE][take], keys, self.stats, self.min_side,
+                                   shard, epoch, rows=ids[take])
+        report.fresh += len(kept)
+        if not kept:
+            return None
+        return self._augment(images, rows[LABEL][take][kept], keys[kept], ids[take][kept],
+                             epoch, echo_rng)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         cfg, p = self.config, self.config.preprocess
@@ -154,38 +294,10 @@ class Preprocessor:
                   if self.echo is not None and len(seqs) else None)
         report = _Reporter(self.observer, self.stats)
         epoch = 0
-        num_classes = cfg.source.num_classes
         for seq in seqs:
             epoch, index, unit = self._unit(int(seq))
-            rows = self._read(unit, epoch)
-            if rows is None:
-                self.stats.check(epoch, self.limit)
-                continue
-            shard = self._shard(unit)
-            n = len(rows[LABEL])
-            order = np.arange(n)
-            if cfg.shuffle:
-                np.random.default_rng([cfg.seed, epoch, index]).shuffle(order)
-            # Seeded per unit: the same seed, epoch and unit give the same augmentation
-            # whichever actor processes it.
-            aug_rng = np.random.default_rng([cfg.seed, epoch, index, 3])
-            echo_rng = np.random.default_rng([cfg.seed, epoch, index, 2])
-            for start in range(0, n, p.output_rows):
-                take = order[start : start + p.output_rows]
-                bad_label = label_problems(rows[LABEL][take], num_classes)
-                for i in np.flatnonzero(bad_label):
-                    self.stats.add_bad("bad_label", str(rows[KEY][take[i]]), shard, epoch,
-                                       why=f"label {rows[LABEL][take[i]]} is not a class"
-                                       + (f" of 0..{num_classes - 1}" if num_classes else ""))
-                take = take[~bad_label]
-                keys = rows[KEY][take]
-                images, kept = decode_many(rows[IMAGE][take], keys, self.stats, self.min_side,
-                                           shard, epoch)
-                report.fresh += len(kept)
-                if not kept:
-                    continue
-                block = self._augment(images, rows[LABEL][take][kept], keys[kept], aug_rng,
-                                      echo_rng)
+            self._shard_of = self._shard(unit)
+            for block in self._unit_blocks_out(int(seq), epoch, index, unit, report):
                 for out in (buffer.add(block) if buffer is not None else (block,)):
                     report.block(len(out[LABEL]), epoch)
                     yield out
@@ -223,7 +335,10 @@ class _Reporter:
             keys = tuple(self.stats.sample_keys[self._keys:])
             self.observer.on_block(BlockSpan(self._started, time.time(), images, epoch, bad,
                                              fresh=self.fresh, bad_shards=shards,
-                                             bad_keys=keys))
+                                             bad_keys=keys,
+                                             bad_records=self.stats.take_records()))
+        else:
+            self.stats.take_records()
         self.fresh = 0
         self._mark()
 
@@ -238,14 +353,19 @@ class _Reporter:
 
 def build_dataset(config: PipelineConfig, *, plan: ShardPlan | None = None,
                   observer: BlockObserver | None = None,
-                  factor_source: FactorSource | None = None) -> ray.data.Dataset:
+                  factor_source: FactorSource | None = None,
+                  position: PositionSource | None = None) -> ray.data.Dataset:
     """The preprocessed stream of `config.epochs` passes over `config.source`.
 
     Rows are ``image`` (uint8, 3 x S x S), ``label`` (int64) and ``key`` (str). Pass `plan`
     when the caller already planned the source (it needs the row count anyway), `observer`
     to hear of every block a pool actor makes, and `factor_source` to change the echo factor
-    of `config.echo` while the stream runs (both are pickled into each actor). With echo in the
-    pool, rows also carry ``echo`` (uint8 copy index, 0 = fresh).
+    of `config.echo` while the stream runs (both are pickled into each actor), and `position`
+    to resume a stream where a checkpoint left it (pipelines.position): done rows are dropped
+    before decode. Rows also carry ``epoch`` (int32) and ``row`` (int64 row id), with echo in
+    the pool ``echo`` (uint8 copy index, 0 = fresh), and in a deterministic stream ``block``
+    (its block's index; blocks are then all `output_rows` long, placeholder rows with label -1
+    filling them).
     """
     plan = plan or plan_source(config.source)
     p = config.preprocess
@@ -259,7 +379,7 @@ def build_dataset(config: PipelineConfig, *, plan: ShardPlan | None = None,
     ds = seqs.map_batches(
         Preprocessor,
         fn_constructor_kwargs={"config": config, "units": plan.units, "observer": observer,
-                               "factor_source": factor_source},
+                               "factor_source": factor_source, "position": position},
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(min_size=p.min_actors, max_size=p.max_actors),
         num_cpus=0,

@@ -162,7 +162,14 @@ class PipelineConfig:
     every run (and, each unit's augmentation being seeded, the same pixels). Costs throughput
     when actors finish out of order (see README); needs a fixed echo factor."""
 
+    split_ranks: int = 1
+    """Ranks a deterministic stream is dealt to (Ray Train's workers): its blocks are laid out
+    so that each rank gets nearly the same rows, and a resumed stream is dealt as the
+    uninterrupted one was."""
+
     def __post_init__(self) -> None:
+        if self.split_ranks < 1:
+            raise ValueError(f"split_ranks must be >= 1, got {self.split_ranks}")
         if self.deterministic and self.echo.auto:
             raise ValueError("a deterministic stream needs a fixed echo factor: the automatic "
                              "one follows measured rates, which differ from run to run")

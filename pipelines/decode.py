@@ -80,16 +80,18 @@ def _kind(err: Exception, data: bytes | None) -> str:
 
 def decode_many(
     images, keys, stats: BadRecords, min_side: int | None = None, shard: str = "",
-    epoch: int = 0,
+    epoch: int = 0, rows=None,
 ) -> tuple[list[Image.Image], list[int]]:
     """Decode a batch; returns the RGB images and the indices of the rows that decoded. The
-    others are counted in `stats` (as records of `shard`, in `epoch`)."""
+    others are counted in `stats` (as records of `shard`, in `epoch`, with their row ids from
+    `rows` when given)."""
     out, kept = [], []
     for i, (data, key) in enumerate(zip(images, keys, strict=True)):
         try:
             img = decode_pil(data, min_side)
         except Exception as e:  # noqa: BLE001 - any decoder failure is a bad record
-            stats.add_bad(_kind(e, data), str(key), shard, epoch, why=str(e))
+            stats.add_bad(_kind(e, data), str(key), shard, epoch, why=str(e),
+                          row=-1 if rows is None else int(rows[i]))
             continue
         out.append(img)
         kept.append(i)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from pipelines.badrecords import BadRecord
+
 __all__ = ["BlockSpan", "BlockObserver"]
 
 
@@ -31,6 +33,8 @@ class BlockSpan:
     """The same bad records by shard."""
     bad_keys: tuple[str, ...] = ()
     """Keys of some of them (the process's first few bad records only)."""
+    bad_records: tuple[BadRecord, ...] = ()
+    """Every bad record skipped while making it, once each."""
 
 
 class BlockObserver(Protocol):

@@ -221,12 +221,19 @@ def test_run_summary_carries_the_totals(observed_run, object_store):
     assert s.echo_mode == "example" and s.echo_factor == pytest.approx(1.5, rel=0.03)
     assert [h["epoch"] for h in s.history] == [1, 2]
     assert s.history[-1]["run_fresh"] == s.fresh_examples
-    assert s.bad_examples == 2 * 3 + 2 * 3  # 3 bad records per split, read in each of 2 epochs
-    assert set(s.bad_by_kind) == {"zero_bytes", "not_an_image", "truncated"}
+    # 3 bad records per split, met in each of 2 epochs (and 2 validations): each counted once,
+    # every meeting a skip, and each written once to bad_records.jsonl for the user to fix.
+    assert s.bad_records == 3 + 3 and s.bad_skips == 2 * 3 + 2 * 3
+    assert s.bad_by_kind == {"zero_bytes": 2, "not_an_image": 2, "truncated": 2}
+    listed = [json.loads(line) for line in _read(s.bad_records_file).splitlines()]
+    assert sorted(r["kind"] for r in listed) == sorted(["zero_bytes", "not_an_image",
+                                                        "truncated"] * 2)
+    assert all(r["key"].startswith("digits/") and r["shard"].startswith("s3://") and r["why"]
+               for r in listed)
     # where they are: the first shard of each split, and a sample of their keys
     assert set(s.bad_shards) == {f"s3://{object_store.bucket}/observed/{split}/part-00000.parquet"
                                  for split in ("train", "val")}
-    assert sum(s.bad_shards.values()) == s.bad_examples
+    assert sum(s.bad_shards.values()) == s.bad_records
     assert s.bad_sample_keys and all(k.startswith("digits/") for k in s.bad_sample_keys)
     assert s.data_wait_s > 0 and s.compute_s > 0 and s.h2d_s >= 0
     assert s.data_wait_fraction == pytest.approx(
@@ -245,3 +252,8 @@ def test_timeline_has_every_step_of_every_rank_and_the_pool_blocks(observed_run)
     assert steps[0] == steps[1] > 0  # DDP: equal step counts
     assert any(e["name"] == "block" for e in spans)
     assert (d / "timeline.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _read(path: str) -> str:
+    """A file the run wrote to its storage folder (local here)."""
+    return Path(path).read_text()

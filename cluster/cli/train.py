@@ -101,6 +101,9 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
                   "~/ray_results)")
     add_flag(o, "--run-name", TrainConfig, "run_name")
     add_flag(o, "--checkpoint-every", TrainConfig, "checkpoint_every")
+    add_flag(o, "--checkpoint-every-steps", TrainConfig, "checkpoint_every_steps")
+    add_flag(o, "--preemption-check-steps", TrainConfig, "preemption_check_steps")
+    add_flag(o, "--trace-samples", TrainConfig, "trace_samples", metavar="DIR")
     add_flag(o, "--max-failures", TrainConfig, "max_failures")
     add_flag(o, "--train-log-level", TrainConfig, "train_log_level",
              choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -184,7 +187,8 @@ def configs(args: argparse.Namespace) -> tuple[TrainConfig, PipelineConfig, Pipe
     names = ("model", "num_classes", "epochs", "batch_size", "lr", "weight_decay", "num_workers",
              "use_gpu", "amp", "channels_last", "cpus_per_worker", "prefetch_batches",
              "shuffle_buffer_rows", "storage_path", "run_name", "checkpoint_every",
-             "max_failures", "seed", "target_accuracy", "val_every_rows", "train_log_level")
+             "max_failures", "seed", "target_accuracy", "val_every_rows", "train_log_level",
+             "checkpoint_every_steps", "preemption_check_steps", "trace_samples")
     tc = TrainConfig(**{name: getattr(args, name) for name in names})
     return tc, train, val
 
@@ -201,12 +205,16 @@ def print_summary(s) -> None:
     print(f"  step time, all ranks data wait {s.data_wait_s:.1f} s, h2d {s.h2d_s:.1f} s, "
           f"compute {s.compute_s:.1f} s")
     print(f"  examples             {s.fresh_examples} fresh, {s.echoed_examples} echoed, "
-          f"{s.bad_examples} bad records skipped"
-          + (f" ({', '.join(f'{k} {v}' for k, v in sorted(s.bad_by_kind.items()))})"
-             if s.bad_examples else ""))
-    if s.bad_examples:
+          f"{s.bad_records} bad records skipped"
+          + (f" ({', '.join(f'{k} {v}' for k, v in sorted(s.bad_by_kind.items()))}; "
+             f"met {s.bad_skips} times)" if s.bad_records else ""))
+    if s.bad_records:
         worst = ", ".join(f"{k} ({v})" for k, v in list(s.bad_shards.items())[:3])
         print(f"  bad records in       {worst}; sample keys: {', '.join(s.bad_sample_keys)}")
+        print(f"  bad records listed   {s.bad_records_file}")
+    if s.attempt:
+        print(f"  resumed              {s.attempt} time(s) from a checkpoint, the last in epoch "
+              f"{s.resumed_at_epoch + 1}")
     for _shard, why in s.unreadable_shards:
         print(f"  unreadable shard     {why}")
     if s.echo_mode:

@@ -16,7 +16,7 @@ from collections import Counter
 import ray
 
 from cluster.observability.metrics import PoolMetrics
-from pipelines.badrecords import SAMPLE_KEYS
+from pipelines.badrecords import SAMPLE_KEYS, BadRecord
 from pipelines.observe import BlockSpan
 
 __all__ = ["RunMonitor", "PoolReporter", "start_monitor", "MAX_SPANS"]
@@ -29,26 +29,36 @@ MAX_SPANS = 200_000
 class RunMonitor:
     def __init__(self, timeline: bool):
         self.timeline = timeline
-        self.bad: Counter = Counter()
-        self.bad_shards: Counter = Counter()
-        self.bad_keys: list[str] = []
-        # training stream: bad records per epoch, by kind and by shard, for the run-wide limit
-        self.epoch_kinds: dict[int, Counter] = {}
-        self.epoch_shards: dict[int, Counter] = {}
+        self.skips: Counter = Counter()
+        """Skip events by kind: every time a bad record is met (every epoch, every pass)."""
+        self.distinct: dict[tuple[str, str], BadRecord] = {}
+        """Each bad record once, by (key, shard): what a user fixes."""
+        # training stream: its distinct bad records per epoch (the run-wide limit) and their
+        # row ids (done rows for a resumed stream: no rank will ever train them)
+        self.epoch_records: dict[int, dict[tuple[str, str], BadRecord]] = {}
+        self.epoch_rows: dict[int, set[int]] = {}
         self.first_read: float | None = None
         self.pool_spans: list[tuple[str, float, float, int, int]] = []
         self.train_spans: list[tuple[int, float, float, float, float, int]] = []
+        self.train_rows = 0
+        """Rows the pool made for training (placeholders included)."""
+        self.train_blocks = 0
 
     def add_block(self, actor: str, span: BlockSpan, stage: str = "train") -> None:
-        self.bad.update(span.bad)
-        if span.bad:
-            self.bad_shards.update(span.bad_shards)
-            self.bad_keys.extend(span.bad_keys[:max(0, SAMPLE_KEYS - len(self.bad_keys))])
+        self.skips.update(span.bad)
+        for record in span.bad_records:
+            self.distinct.setdefault((record.key, record.shard), record)
             if stage == "train":
-                self.epoch_kinds.setdefault(span.epoch, Counter()).update(span.bad)
-                self.epoch_shards.setdefault(span.epoch, Counter()).update(span.bad_shards)
-        if stage == "train" and (self.first_read is None or span.start < self.first_read):
-            self.first_read = span.start
+                per_epoch = self.epoch_records.setdefault(record.epoch, {})
+                per_epoch.setdefault((record.key, record.shard), record)
+                if record.row >= 0:
+                    self.epoch_rows.setdefault(record.epoch, set()).update(
+                        range(record.row, record.row + record.count))
+        if stage == "train":
+            self.train_rows += span.images
+            self.train_blocks += span.images > 0
+            if self.first_read is None or span.start < self.first_read:
+                self.first_read = span.start
         # Validation blocks are made inside the trainers, not by the pool: only their bad
         # records count here. (Pool throughput and utilisation are in the Prometheus metrics.)
         if stage == "train" and self.timeline and len(self.pool_spans) < MAX_SPANS:
@@ -69,26 +79,55 @@ class RunMonitor:
         return self.first_read
 
     def bad_records(self) -> dict[str, int]:
-        """Records skipped as bad so far, by kind (training and validation)."""
-        return dict(self.bad)
+        """Distinct bad records (by key and shard; an unreadable shard counts its rows), by
+        kind, training and validation."""
+        return dict(_by_kind(self.distinct.values()))
+
+    def bad_skips(self) -> dict[str, int]:
+        """Skip events by kind: each bad record every time it was met."""
+        return dict(self.skips)
+
+    def bad_list(self) -> list[dict]:
+        """Every distinct bad record: key, shard, kind, why (and rows, for a shard)."""
+        return [{"key": r.key, "shard": r.shard, "kind": r.kind, "why": r.why,
+                 **({"rows": r.count} if r.count != 1 else {})}
+                for r in self.distinct.values()]
 
     def bad_detail(self) -> tuple[dict[str, int], list[str]]:
         """The shards with the most bad records (up to 10, with counts) and sample keys."""
-        return dict(self.bad_shards.most_common(10)), list(self.bad_keys)
+        shards: Counter = Counter()
+        for r in self.distinct.values():
+            shards[r.shard or r.key] += r.count
+        return dict(shards.most_common(10)), [r.key for r in list(self.distinct.values())
+                                              [:SAMPLE_KEYS]]
 
-    def reset_epochs(self) -> None:
-        """Forget the per-epoch counts (the training stream started over: a restart)."""
-        self.epoch_kinds, self.epoch_shards = {}, {}
+    def bad_rows(self, lo: int = 0) -> dict[int, list[int]]:
+        """Row ids of the training stream's bad records, by epoch, from epoch `lo` on."""
+        return {e: sorted(rows) for e, rows in self.epoch_rows.items() if e >= lo}
 
     def epoch_bad(self, epoch: int) -> tuple[int, dict[str, int], dict[str, int], list[str]]:
-        """Bad records of the training stream's `epoch` over all pool actors: the count, by
-        kind, by shard, and sample keys."""
-        kinds = self.epoch_kinds.get(epoch, Counter())
-        return (sum(kinds.values()), dict(kinds), dict(self.epoch_shards.get(epoch, {})),
-                list(self.bad_keys))
+        """Distinct bad records of the training stream's `epoch` over all pool actors (however
+        often a restart met them): the count, by kind, by shard, and sample keys."""
+        records = list(self.epoch_records.get(epoch, {}).values())
+        shards: Counter = Counter()
+        for r in records:
+            shards[r.shard or r.key] += r.count
+        return (sum(r.count for r in records), dict(_by_kind(records)), dict(shards),
+                [r.key for r in records[:SAMPLE_KEYS]])
+
+    def produced(self) -> tuple[int, int]:
+        """Rows and blocks the pool made for training so far."""
+        return self.train_rows, self.train_blocks
 
     def spans(self) -> tuple[list, list]:
         return self.train_spans, self.pool_spans
+
+
+def _by_kind(records) -> Counter:
+    kinds: Counter = Counter()
+    for r in records:
+        kinds[r.kind] += r.count
+    return kinds
 
 
 def start_monitor(timeline: bool) -> ray.actor.ActorHandle:

@@ -56,6 +56,17 @@ class TrainConfig:
     """Name of the run (the folder under storage_path)."""
     checkpoint_every: int = 1
     """Save a checkpoint every this many epochs (and after the last)."""
+    checkpoint_every_steps: int = 0
+    """Also save a step checkpoint (model, optimizer, schedule and the exact stream position)
+    every this many optimizer steps; a restart resumes from it mid-epoch (0: epoch ends
+    only)."""
+    preemption_check_steps: int = 20
+    """Ask Ray Train every this many steps whether a node of the run is being preempted, and
+    save a step checkpoint at once when one is (0: never ask). Each ask is a barrier across
+    the ranks."""
+    trace_samples: str | None = None
+    """Directory each rank appends one JSON line per step to (attempt-A-rank-R.jsonl): the
+    attempt, the global step, the epoch and the keys of the batch."""
     max_failures: int = 0
     """Worker-group restarts Ray Train attempts, each resuming from the latest checkpoint."""
     seed: int = 0
@@ -76,7 +87,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_failures", "prefetch_batches", "shuffle_buffer_rows",
-                     "val_every_rows"):
+                     "val_every_rows", "checkpoint_every_steps", "preemption_check_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.warmup_fraction < 1.0:

@@ -39,6 +39,7 @@ class EpochReporter:
                  rows: int, echo: bool, resumed_at_epoch: int):
         self.tc, self.rank, self.world, self.device = tc, rank, world, device
         self.rows, self.echo, self.resumed_at_epoch = rows, echo, resumed_at_epoch
+        self.attempt = 0
         self.run = EpochTotals()
         self.run_wall = 0.0
         self.history: list[dict] = []
@@ -114,6 +115,7 @@ class EpochReporter:
             "elapsed_s": time.perf_counter() - (step.first_batch_at or epoch_start),
             "at": time.time(),
             "resumed_at_epoch": self.resumed_at_epoch,
+            "attempt": self.attempt,
         }
 
     def _say(self, epoch: int, m: dict, summed: EpochTotals, wall: float,

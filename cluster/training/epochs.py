@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
+import numpy as np
 import torch
 
 from pipelines.echo import ECHO
+from pipelines.sources import LABEL
 
-__all__ = ["EpochSlicer", "FreshEpochs", "batch_len", "FRESH", "ECHOED", "PROGRESS"]
+__all__ = ["EpochSlicer", "FreshEpochs", "compact", "agreed", "batch_len", "FRESH", "ECHOED",
+           "PROGRESS"]
 
 Batch = dict[str, torch.Tensor]
 FRESH, ECHOED, PROGRESS = "fresh_rows", "echoed_rows", "progress_rows"
@@ -32,8 +35,54 @@ def _split(batch: Batch, n: int) -> tuple[Batch, Batch]:
     return {k: v[:n] for k, v in batch.items()}, {k: v[n:] for k, v in batch.items()}
 
 
+def _cat(parts: list) -> torch.Tensor | np.ndarray:
+    return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
+
+
 def _concat(a: Batch, b: Batch) -> Batch:
-    return {k: torch.cat([a[k], b[k]]) for k in a}
+    """Columns are tensors, or numpy arrays for what stays on the host (keys, row ids)."""
+    return {k: _cat([a[k], b[k]]) for k in a}
+
+
+def compact(batches: Iterable[Batch], batch_size: int) -> Iterator[Batch]:
+    """A deterministic stream's batches without its placeholder rows (label -1), re-cut into
+    batches of exactly `batch_size` rows (the last may be short): the same rows make the same
+    batches however the stream was cut into blocks."""
+    held: list[Batch] = []
+    rows = 0
+    for batch in batches:
+        keep = np.flatnonzero(np.asarray(batch[LABEL]) >= 0)
+        if len(keep) < batch_len(batch):
+            index = torch.from_numpy(keep)
+            batch = {k: v[index] if isinstance(v, torch.Tensor) else v[keep]
+                     for k, v in batch.items()}
+        if not len(keep):
+            continue
+        held.append(batch)
+        rows += len(keep)
+        while rows >= batch_size:
+            merged = held[0] if len(held) == 1 else {k: _cat([b[k] for b in held])
+                                                      for k in held[0]}
+            out, rest = _split(merged, batch_size)
+            yield out
+            rows -= batch_size
+            held = [rest] if rows else []
+    if rows:
+        yield held[0] if len(held) == 1 else {k: _cat([b[k] for b in held]) for k in held[0]}
+
+
+def agreed(batches: Iterable[Batch], world: int,
+           reduce: Callable[[list[float]], list[float]]) -> Iterator[Batch]:
+    """`batches` for as long as every rank has one: the ranks agree before every step (one
+    small all-reduce), so they take the same number of steps even when their streams hold
+    different numbers of rows (a deterministic stream's placeholders are dealt unevenly)."""
+    it = iter(batches)
+    while True:
+        batch = next(it, None)
+        (have,) = reduce([batch is not None])
+        if have < world:
+            return
+        yield batch
 
 
 class EpochSlicer:
@@ -108,7 +157,7 @@ class FreshEpochs:
             batch = next(self._it, None)
             fresh = rows = 0
             if batch is not None:
-                echo = batch.pop(ECHO)
+                echo = np.asarray(batch[ECHO])  # kept: the trained-rows ledger reads it
                 rows, fresh = len(echo), int((echo == 0).sum())
             total, have, usable = self.reduce([fresh, batch is not None, rows >= 2])
             if have < self.world or usable < self.world:

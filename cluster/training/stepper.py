@@ -22,6 +22,8 @@ from cluster.observability.metrics import StepMetrics
 from cluster.training.config import TrainConfig
 from cluster.training.epochs import ECHOED, FRESH, PROGRESS, batch_len
 from cluster.training.model import normalize_on_device
+from cluster.training.progress import TrainedRows
+from cluster.training.trace import SampleTrace
 from pipelines.sources import IMAGE, LABEL
 
 __all__ = ["EpochTotals", "Stepper", "lr_at", "MEAN", "STD"]
@@ -111,6 +113,16 @@ class Stepper:
     """Optimizer steps taken over the run (resumed ones included)."""
     steps: list = field(default_factory=list)
     """Kept step spans (with `keep_steps`), in epoch seconds, until handed to the monitor."""
+    trained: TrainedRows | None = None
+    """Marks the rows of every trained batch (the stream position of a step checkpoint)."""
+    trace: SampleTrace | None = None
+    """Writes every step's keys (--trace-samples)."""
+    after_step: Callable[[], None] | None = None
+    """Runs after every step on every rank (step checkpoints, preemption checks)."""
+    epoch_index: int = 0
+    """The trainers' epoch the steps belong to."""
+    epoch_rows: float = 0.0
+    """Rows of the current epoch trained by this rank (fresh rows, with echo)."""
 
     def __post_init__(self) -> None:
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=self.tc.label_smoothing)
@@ -136,7 +148,9 @@ class Stepper:
             if batch is None:
                 return totals
             step = self._train(batch, t0, totals)
-            self._record(step, totals)
+            self._record(step, totals, batch)
+            if self.after_step is not None:
+                self.after_step()
             # Every rank has the same progress after every step, so they validate together.
             if self.val_every > 0 and self.validate is not None and self.consumed >= due:
                 due = self.consumed + self.val_every
@@ -172,10 +186,15 @@ class Stepper:
         return _Step(t0, t1, t2, t3, n, batch.get(FRESH, n), batch.get(ECHOED, 0),
                      batch.get(PROGRESS, n))
 
-    def _record(self, s: _Step, totals: EpochTotals) -> None:
-        """A step's counts and phases into the totals, the metrics, the echo controller and
-        (with `keep_steps`) the timeline."""
+    def _record(self, s: _Step, totals: EpochTotals, batch: dict) -> None:
+        """A step's counts and phases into the totals, the metrics, the echo controller, the
+        trained-rows ledger, the sample trace and (with `keep_steps`) the timeline."""
+        if self.trace is not None:
+            self.trace.step(self.steps_total, self.epoch_index, batch)
+        if self.trained is not None:
+            self.trained.mark(batch)
         self.consumed += s.progress
+        self.epoch_rows += s.progress
         totals.images += s.images
         totals.fresh += s.fresh
         totals.echoed += s.echoed

@@ -4,9 +4,10 @@ from Ray Train's result and what the run's actors gathered."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 
-__all__ = ["RunSummary", "summarize"]
+__all__ = ["RunSummary", "summarize", "write_bad_records"]
 
 
 @dataclass(frozen=True)
@@ -39,11 +40,15 @@ class RunSummary:
     """Examples trained on for the first time."""
     echoed_examples: int
     """Reuses of examples by data echoing (0 without echoing)."""
-    bad_examples: int
-    """Records skipped as bad (training and validation, every epoch), by kind in
-    `bad_by_kind`: zero_bytes, not_an_image, truncated, too_large, undecodable, bad_label,
-    unreadable_shard (rows of a shard part that could not be read)."""
+    bad_records: int
+    """Distinct records skipped as bad (by key and shard, training and validation; an
+    unreadable shard counts its rows): zero_bytes, not_an_image, truncated, too_large,
+    undecodable, bad_label, unreadable_shard, by kind in `bad_by_kind`. Each is written once to
+    `bad_records_file`."""
+    bad_skips: int
+    """Skip events: every time a bad record was met (each epoch, each validation pass)."""
     bad_by_kind: dict
+    """Distinct bad records by kind."""
     timeline: str | None = None
     """Directory holding timeline.json and timeline.png, when asked for."""
     echo_mode: str | None = None
@@ -65,14 +70,25 @@ class RunSummary:
     """Epoch seconds when the pool started its first training block; with each history
     entry's `at`, the wall-clock from the first data read to that validation."""
     resumed_at_epoch: int = 0
-    """Epochs the last attempt found done in its checkpoint (0: no restart). After a worker
-    failure the run restarts from the latest checkpoint, at the start of the next epoch."""
+    """The epoch the last attempt resumed in (0: no restart, or a restart in the first
+    epoch); a restart goes on from the latest checkpoint, mid-epoch after a step checkpoint."""
     bad_shards: dict = dataclasses.field(default_factory=dict)
     """Shards with the most bad records (up to 10) and their counts."""
     bad_sample_keys: list = dataclasses.field(default_factory=list)
     """Keys of a few bad records (a shard's URL for an unreadable shard)."""
     unreadable_shards: list = dataclasses.field(default_factory=list)
     """Shards skipped at planning because they cannot be read (rows unknown), with why."""
+    bad_records_file: str | None = None
+    """bad_records.jsonl in the run's storage folder: one line per distinct bad record (key,
+    shard, kind, why)."""
+    checkpoints: list = dataclasses.field(default_factory=list)
+    """Every checkpoint of the last attempt but its final one: kind (step, epoch,
+    preemption), step, seconds (save + upload, rank 0) and bytes."""
+    produced_rows: int = 0
+    """Rows the pool made for training in the last attempt (a resumed stream makes only the
+    rows not done yet)."""
+    attempt: int = 0
+    """Resumes from a checkpoint before the last attempt (0: it ran in one go)."""
     pool_decisions: list = dataclasses.field(default_factory=list)
     """With a pool policy: every decision (t_s, action, target_nodes, ready, pending, stall,
     echo, reason)."""
@@ -82,8 +98,9 @@ class RunSummary:
 
 
 def summarize(m: dict, *, wall: float, plan, val_plan, tc, pipeline, run: str, checkpoint,
-              bad: dict, bad_shards: dict, bad_keys: list, first_read: float | None,
-              echo_changes: list, decisions: list, timeline: str | None) -> RunSummary:
+              bad: dict, skips: dict, bad_shards: dict, bad_keys: list,
+              first_read: float | None, produced_rows: int, echo_changes: list,
+              decisions: list, timeline: str | None) -> RunSummary:
     """The summary from the last report's metrics `m` and the run actors' figures."""
     return RunSummary(
         val_accuracy=m["val_accuracy"],
@@ -105,7 +122,8 @@ def summarize(m: dict, *, wall: float, plan, val_plan, tc, pipeline, run: str, c
         compute_s=m["run_compute_s"],
         fresh_examples=int(m["run_fresh"]),
         echoed_examples=int(m["run_echoed"]),
-        bad_examples=sum(bad.values()),
+        bad_records=sum(bad.values()),
+        bad_skips=sum(skips.values()),
         bad_by_kind=bad,
         timeline=timeline,
         echo_mode=pipeline.echo.mode if pipeline.echo.enabled else None,
@@ -115,6 +133,9 @@ def summarize(m: dict, *, wall: float, plan, val_plan, tc, pipeline, run: str, c
         history=m.get("history", []),
         first_read_at=first_read,
         pool_decisions=decisions,
+        checkpoints=list(m.get("checkpoints", [])),
+        produced_rows=produced_rows,
+        attempt=int(m.get("attempt", 0)),
         resumed_at_epoch=int(m.get("resumed_at_epoch", 0)),
         bad_shards=bad_shards,
         bad_sample_keys=bad_keys,
@@ -122,3 +143,12 @@ def summarize(m: dict, *, wall: float, plan, val_plan, tc, pipeline, run: str, c
         reached_target=(None if tc.target_accuracy is None else
                         m["val_accuracy"] is not None and m["val_accuracy"] >= tc.target_accuracy),
     )
+
+
+def write_bad_records(records: list[dict], result) -> str:
+    """Every distinct bad record, one JSON line each, to bad_records.jsonl in the run's storage
+    folder (Ray Train's `Result.path`, local or s3); returns its location."""
+    path = f"{result.path}/bad_records.jsonl"
+    with result.filesystem.open_output_stream(path) as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records).encode())
+    return f"s3://{path}" if result.filesystem.type_name == "s3" else path

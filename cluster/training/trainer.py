@@ -21,9 +21,10 @@ from cluster.pool.scaler import ScalerConfig, pool_actor_bounds, start_scaler
 from cluster.training.config import TrainConfig
 from cluster.training.errors import user_error
 from cluster.training.loop import train_loop_per_worker
-from cluster.training.summary import RunSummary, summarize
+from cluster.training.resume import TrainDataset, start_ledger
+from cluster.training.summary import RunSummary, summarize, write_bad_records
 from cluster.training.worker import WORKER_KEY, WorkerConfig
-from pipelines import PipelineConfig, ShardPlan, build_dataset, plan_source
+from pipelines import PipelineConfig, ShardPlan, plan_source
 from pipelines.badrecords import BadRecordLimit
 from pipelines.storage import resolve
 
@@ -90,27 +91,31 @@ def build_trainer(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig
                   plan: ShardPlan, val_plan: ShardPlan | None, *, run: str | None = None,
                   monitor: ray.actor.ActorHandle | None = None, timeline: bool = False,
                   echo_control: ray.actor.ActorHandle | None = None,
-                  report_rates: bool = False) -> TorchTrainer:
+                  report_rates: bool = False,
+                  ledger: ray.actor.ActorHandle | None = None) -> TorchTrainer:
     """A TorchTrainer whose workers read `pipeline` (planned as `plan`) as one continuous
     multi-epoch stream and validate on `val` (planned as `val_plan`) after every epoch.
     Metrics carry the label `run`; `monitor` (a RunMonitor) counts bad records and, with
     `timeline`, every step and block; `echo_control` (an EchoController) sets the echo factor
     when `pipeline.echo.auto`, and gathers the pool's and the ranks' rates then or with
-    `report_rates` (for the pool scaler)."""
+    `report_rates` (for the pool scaler); `ledger` (a StreamLedger, default: a new one) tells
+    each attempt's stream where to start."""
     run = run or run_label(tc)
-    if pipeline.epochs != tc.epochs:
-        pipeline = dataclasses.replace(pipeline, epochs=tc.epochs)
+    if pipeline.epochs != tc.epochs or pipeline.split_ranks != tc.num_workers:
+        pipeline = dataclasses.replace(pipeline, epochs=tc.epochs, split_ranks=tc.num_workers)
     num_classes = _num_classes(tc, plan)
     pipeline, val = _with_classes(pipeline, num_classes), _with_classes(val, num_classes)
     auto = echo_control if pipeline.echo.auto else None
     rates = echo_control if pipeline.echo.auto or report_rates else None
     source = (ControllerFactor(auto, pipeline.echo.factor)
               if auto is not None and pipeline.echo.in_pool else None)
+    ledger = ledger or start_ledger()
     worker = WorkerConfig(
         train=tc, rows_per_epoch=plan.num_rows, num_classes=num_classes,
         image_size=pipeline.preprocess.image_size, echo=pipeline.echo, val=val,
         val_plan=val_plan, run=run, monitor=monitor, timeline=timeline,
         echo_control=echo_control, report_rates=report_rates,
+        deterministic=pipeline.deterministic, ledger=ledger,
         bad_limit=BadRecordLimit(plan.url, plan.num_rows, pipeline.source.max_bad_fraction))
     resources = {"CPU": tc.cpus_per_worker}
     if tc.use_gpu:
@@ -121,9 +126,11 @@ def build_trainer(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig
         scaling_config=ray.train.ScalingConfig(
             num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources),
         run_config=_run_config(tc, pipeline),
-        datasets={"train": build_dataset(pipeline, plan=plan,
-                                         observer=PoolReporter(run, monitor, echo=rates),
-                                         factor_source=source)},
+        # A callable: Ray Train builds the stream anew for every worker group it starts, each
+        # resuming where the checkpoint that group restores left it.
+        datasets={"train": TrainDataset(pipeline, plan, ledger,
+                                        observer=PoolReporter(run, monitor, echo=rates),
+                                        factor_source=source)},
         dataset_config=data_config(pipeline.deterministic),
     )
 
@@ -174,6 +181,7 @@ class _RunActors:
     monitor: ray.actor.ActorHandle
     echo_control: ray.actor.ActorHandle
     scaler: ray.actor.ActorHandle | None
+    ledger: ray.actor.ActorHandle
 
     @classmethod
     def start(cls, run: str, pipeline: PipelineConfig, world: int, timeline: bool,
@@ -181,7 +189,7 @@ class _RunActors:
         monitor = start_monitor(timeline=timeline)
         control = start_echo_controller(run, pipeline.echo, world, external=scaling is not None)
         scaler = start_scaler(run, scaling, control) if scaling is not None else None
-        return cls(monitor, control, scaler)
+        return cls(monitor, control, scaler, start_ledger())
 
     def gather(self, timeline_dir: str | None) -> dict:
         decisions = []
@@ -191,13 +199,16 @@ class _RunActors:
         bad_shards, bad_keys = ray.get(self.monitor.bad_detail.remote())
         if timeline_dir is not None:
             write_timeline(timeline_dir, *ray.get(self.monitor.spans.remote()))
-        return {"bad": ray.get(self.monitor.bad_records.remote()), "bad_shards": bad_shards,
+        return {"bad": ray.get(self.monitor.bad_records.remote()),
+                "skips": ray.get(self.monitor.bad_skips.remote()),
+                "bad_list": ray.get(self.monitor.bad_list.remote()), "bad_shards": bad_shards,
                 "bad_keys": bad_keys, "first_read": ray.get(self.monitor.first_read_at.remote()),
+                "produced_rows": ray.get(self.monitor.produced.remote())[0],
                 "echo_changes": ray.get(self.echo_control.history.remote()),
                 "decisions": decisions, "timeline": timeline_dir}
 
     def stop(self) -> None:
-        for actor in (self.scaler, self.monitor, self.echo_control):
+        for actor in (self.scaler, self.monitor, self.echo_control, self.ledger):
             if actor is not None:
                 ray.kill(actor)
 
@@ -236,11 +247,16 @@ def run_training(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig 
         trainer = build_trainer(tc, pipeline, val, plan, val_plan, run=run,
                                 monitor=actors.monitor, timeline=timeline_dir is not None,
                                 echo_control=actors.echo_control,
-                                report_rates=scaling is not None)
+                                report_rates=scaling is not None, ledger=actors.ledger)
         result = _fit(trainer)
         wall = time.perf_counter() - start
         gathered = actors.gather(timeline_dir)
     finally:
         actors.stop()
-    return summarize(result.metrics, wall=wall, plan=plan, val_plan=val_plan, tc=tc,
-                     pipeline=pipeline, run=run, checkpoint=result.checkpoint, **gathered)
+    bad_list = gathered.pop("bad_list")
+    summary = summarize(result.metrics, wall=wall, plan=plan, val_plan=val_plan, tc=tc,
+                        pipeline=pipeline, run=run, checkpoint=result.checkpoint, **gathered)
+    if bad_list:
+        summary = dataclasses.replace(summary, bad_records_file=write_bad_records(
+            bad_list, result))
+    return summary

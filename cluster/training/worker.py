@@ -46,6 +46,10 @@ class WorkerConfig:
     report_rates: bool = False
     """Report step times to `echo_control` even without an automatic echo factor (for the
     pool scaler)."""
+    deterministic: bool = False
+    """The stream hands out blocks in stream order and deals them alike every run."""
+    ledger: ray.actor.ActorHandle | None = None
+    """The run's StreamLedger: rank 0 tells it where each attempt's stream starts."""
     bad_limit: BadRecordLimit | None = None
     """The training stream's bad-record limit, checked over all pool actors at every epoch's
     end."""
@@ -56,6 +60,12 @@ class WorkerConfig:
         if rows < 2:
             raise ValueError(f"{self.rows_per_epoch} training rows cannot feed {world} workers")
         return rows
+
+    @property
+    def padded(self) -> bool:
+        """Whether the stream's blocks are padded to one size (pipelines.build: deterministic
+        streams the trainers do not echo in the pool)."""
+        return self.deterministic and not self.echo.in_pool
 
     @property
     def small_input(self) -> bool:
