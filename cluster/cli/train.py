@@ -232,6 +232,11 @@ def print_summary(s) -> None:
     print(f"  epochs / wall time   {s.epochs} / {s.wall_s:.1f} s  "
           f"({s.train_rows} train, {s.val_rows} val rows)")
     print(f"  metrics run label    {s.run}")
+    if s.checkpoints:
+        secs = sorted(c["checkpoint_s"] for c in s.checkpoints)
+        size = max(c["checkpoint_bytes"] for c in s.checkpoints)
+        print(f"  checkpoints          {len(secs)} taken, median {secs[len(secs) // 2]:.2f} s, "
+              f"{size / 1e6:.1f} MB each")
     if s.checkpoint:
         print(f"  checkpoint           {s.checkpoint}")
     if s.timeline:

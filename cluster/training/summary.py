@@ -83,7 +83,7 @@ class RunSummary:
     shard, kind, why)."""
     checkpoints: list = dataclasses.field(default_factory=list)
     """Every checkpoint of the last attempt but its final one: kind (step, epoch,
-    preemption), step, seconds (save + upload, rank 0) and bytes."""
+    preemption), step, checkpoint_s (save + upload, rank 0) and checkpoint_bytes."""
     produced_rows: int = 0
     """Rows the pool made for training in the last attempt (a resumed stream makes only the
     rows not done yet)."""

@@ -14,7 +14,7 @@ import ray
 from PIL import Image
 
 from pipelines import PipelineConfig, PreprocessConfig, SourceConfig, build_dataset, plan_source
-from pipelines.badrecords import BadDataError, BadRecordLimit
+from pipelines.badrecords import BadDataError, BadRecord, BadRecordLimit
 from pipelines.storage import resolve
 
 pytestmark = [pytest.mark.ray, pytest.mark.services]
@@ -87,17 +87,22 @@ def test_bad_records_are_skipped_counted_by_kind_and_shard(ray_cluster, mixed):
             .iter_batches(batch_size=None) for k in b["key"]]
     # every good record exactly once per epoch, no bad one
     assert len(keys) == 2 * len(good_keys()) and set(keys) == good_keys()
-    expected = {"zero_bytes": 2, "not_an_image": 2, "truncated": 2, "bad_label": 6,
-                "unreadable_shard": 200}  # per epoch: 1 + 1 + 1 + 3 + part-1's 100 rows
+    # each broken record once however many epochs met it; the skips count every meeting
+    distinct = {"zero_bytes": 1, "not_an_image": 1, "truncated": 1, "bad_label": 3,
+                "unreadable_shard": 100}  # part-1's 100 rows count as its records
+    skips = {kind: 2 * n for kind, n in distinct.items()}
     deadline = time.time() + 30  # the actors report without waiting: let them land
-    while ray.get(monitor.bad_records.remote()) != expected and time.time() < deadline:
-        time.sleep(0.5)
-    assert ray.get(monitor.bad_records.remote()) == expected
+    while ray.get(monitor.bad_skips.remote()) != skips and time.time() < deadline:
+        time.sleep(0.2)
+    assert ray.get(monitor.bad_skips.remote()) == skips
+    assert ray.get(monitor.bad_records.remote()) == distinct
     shards, sample = ray.get(monitor.bad_detail.remote())
     base = mixed.removeprefix("s3://")
-    assert shards == {f"s3://{base}/part-0.parquet": 12, f"s3://{base}/part-1.parquet": 200}
+    assert shards == {f"s3://{base}/part-0.parquet": 6, f"s3://{base}/part-1.parquet": 100}
     assert sample and set(sample) <= {f"k{i:04d}" for i in (*BAD_IMAGES, *BAD_LABELS)} | {
         f"s3://{base}/part-1.parquet"}
+    listed = ray.get(monitor.bad_list.remote())
+    assert len(listed) == 7 and all({"key", "shard", "kind", "why"} <= set(r) for r in listed)
     count, kinds, by_shard, _ = ray.get(monitor.epoch_bad.remote(1))
     assert count == 106 and kinds["bad_label"] == 3
     ray.kill(monitor)
@@ -164,8 +169,10 @@ def test_the_limit_counts_bad_records_of_all_actors_together(ray_cluster):
     monitor = start_monitor(timeline=False)
     limit = BadRecordLimit("s3://b/data", rows_per_epoch=1000, max_fraction=0.001)  # 1 allowed
     for actor, shard in (("a", "s3://b/data/p0.parquet"), ("b", "s3://b/data/p1.parquet")):
+        record = BadRecord(actor, shard, "truncated", "image file is truncated", epoch=0)
         monitor.add_block.remote(actor, BlockSpan(0, 1, 10, 0, {"truncated": 1},
-                                                  bad_shards={shard: 1}, bad_keys=(actor,)))
+                                                  bad_shards={shard: 1}, bad_keys=(actor,),
+                                                  bad_records=(record,)))
     import torch
     check_bad_records(monitor, limit, epoch=1, rank=0, device=torch.device("cpu"))  # none
     with pytest.raises(BadDataError, match=r"2 bad records in epoch 1 .*truncated 2.*\(1 of "
