@@ -7,6 +7,8 @@ checkpoint in `Result.metrics`, so the per-epoch history rides on the last repor
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import sys
 import time
 from dataclasses import astuple
@@ -18,11 +20,22 @@ from cluster.training.collectives import all_reduce
 from cluster.training.config import TrainConfig
 from cluster.training.stepper import EpochTotals, Stepper
 
-__all__ = ["EpochReporter", "HISTORY_KEYS", "say"]
+__all__ = ["EpochReporter", "HISTORY_KEYS", "say", "quiet_reports"]
 
 HISTORY_KEYS = ("epoch", "at", "elapsed_s", "val_accuracy", "train_loss", "run_fresh",
                 "run_echoed", "run_steps", "images_per_s", "data_wait_fraction", "echo_factor")
 """Per-epoch figures kept in `history` (seconds since the first batch, cumulative counts)."""
+
+
+def quiet_reports(level: str) -> None:
+    """Give Ray Train's per-report log line the run's `--train-log-level`. Ray Train 2.60 logs
+    every `ray.train.report` ("Reporting training result N: TrainingReport(...)", the whole
+    metrics dict) at INFO on a logger named after its source file (`getLogger(__file__)` in
+    ray/train/v2/_internal/execution/context.py), which its LoggingConfig filter, keyed on
+    `ray.train.*` logger names, never sees."""
+    spec = importlib.util.find_spec("ray.train.v2._internal.execution.context")
+    if spec is not None and spec.origin:
+        logging.getLogger(spec.origin).setLevel(level)
 
 
 def say(line: str) -> None:

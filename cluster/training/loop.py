@@ -18,7 +18,7 @@ from cluster.echo.controller import ConsumeReporter
 from cluster.observability.metrics import StepMetrics
 from cluster.training import checkpoint
 from cluster.training.collectives import all_reduce
-from cluster.training.epoch_report import EpochReporter, say
+from cluster.training.epoch_report import EpochReporter, quiet_reports, say
 from cluster.training.model import build_model
 from cluster.training.progress import Progress, TrainedRows
 from cluster.training.saver import Saver
@@ -92,6 +92,7 @@ def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point; `config[WORKER_KEY]` is the run's WorkerConfig."""
     cfg: WorkerConfig = config[WORKER_KEY]
     tc = cfg.train
+    quiet_reports(tc.train_log_level)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
