@@ -92,6 +92,7 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
                        ("--shuffle-buffer", "shuffle_buffer_rows"), ("--seed", "seed"),
                        ("--val-every-rows", "val_every_rows")):
         add_flag(t, flag, TrainConfig, name)
+    add_flag(t, "--min-workers", TrainConfig, "min_workers", type=int)
     add_flag(t, "--lr", TrainConfig, "lr", type=float)
     add_flag(t, "--deterministic", PipelineConfig, "deterministic")
     add_flag(t, "--target-accuracy", TrainConfig, "target_accuracy", type=float)
@@ -188,7 +189,8 @@ def configs(args: argparse.Namespace) -> tuple[TrainConfig, PipelineConfig, Pipe
              "use_gpu", "amp", "channels_last", "cpus_per_worker", "prefetch_batches",
              "shuffle_buffer_rows", "storage_path", "run_name", "checkpoint_every",
              "max_failures", "seed", "target_accuracy", "val_every_rows", "train_log_level",
-             "checkpoint_every_steps", "preemption_check_steps", "trace_samples")
+             "checkpoint_every_steps", "preemption_check_steps", "trace_samples",
+             "min_workers")
     tc = TrainConfig(**{name: getattr(args, name) for name in names})
     return tc, train, val
 

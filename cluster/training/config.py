@@ -67,6 +67,11 @@ class TrainConfig:
     trace_samples: str | None = None
     """Directory each rank appends one JSON line per step to (attempt-A-rank-R.jsonl): the
     attempt, the global step, the epoch and the keys of the batch."""
+    min_workers: int | None = None
+    """Elastic training: Ray Train 2.60 may start (and restart) the worker group with as few as
+    this many workers and up to `num_workers`, resizing it as resources come and go; every
+    resize resumes from the latest checkpoint with the rows left split over the new ranks
+    (None: a fixed group of `num_workers`)."""
     max_failures: int = 0
     """Worker-group restarts Ray Train attempts, each resuming from the latest checkpoint."""
     seed: int = 0
@@ -90,6 +95,9 @@ class TrainConfig:
                      "val_every_rows", "checkpoint_every_steps", "preemption_check_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.min_workers is not None and not 1 <= self.min_workers <= self.num_workers:
+            raise ValueError(f"min_workers must be in [1, num_workers={self.num_workers}], "
+                             f"got {self.min_workers}")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if self.train_log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

@@ -101,6 +101,9 @@ def build_trainer(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig
     `report_rates` (for the pool scaler); `ledger` (a StreamLedger, default: a new one) tells
     each attempt's stream where to start."""
     run = run or run_label(tc)
+    if pipeline.deterministic and tc.min_workers is not None:
+        raise ValueError("a deterministic stream is dealt to a fixed number of ranks: drop "
+                         "--min-workers or --deterministic")
     if pipeline.epochs != tc.epochs or pipeline.split_ranks != tc.num_workers:
         pipeline = dataclasses.replace(pipeline, epochs=tc.epochs, split_ranks=tc.num_workers)
     num_classes = _num_classes(tc, plan)
@@ -124,7 +127,9 @@ def build_trainer(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig
         train_loop_per_worker,
         train_loop_config={WORKER_KEY: worker},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources),
+            num_workers=(tc.num_workers if tc.min_workers is None
+                         else (tc.min_workers, tc.num_workers)),
+            use_gpu=tc.use_gpu, resources_per_worker=resources),
         run_config=_run_config(tc, pipeline),
         # A callable: Ray Train builds the stream anew for every worker group it starts, each
         # resuming where the checkpoint that group restores left it.
