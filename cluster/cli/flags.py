@@ -11,7 +11,7 @@ import inspect
 import textwrap
 from typing import Any
 
-__all__ = ["add_flag", "field_default", "field_doc"]
+__all__ = ["add_flag", "config_from", "field_default", "field_doc"]
 
 
 @functools.cache
@@ -67,3 +67,9 @@ def add_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, flag: st
     if "type" not in kwargs and "action" not in kwargs and isinstance(default, int | float):
         kwargs["type"] = type(default)
     return parser.add_argument(flag, default=default, **kwargs)
+
+
+def config_from(cls: type, args: argparse.Namespace) -> Any:
+    """An instance of dataclass `cls` from the parsed flags stored under its fields' names
+    (as add_flag stores them); its own checks run, and raise, as it is made."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
