@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
-from PIL import Image
 
 from pipelines import PipelineConfig, PreprocessConfig, SourceConfig, build_dataset, plan_source
 from pipelines.badrecords import BadDataError, BadRecordLimit
 from pipelines.storage import resolve
+from tests.helpers import encode, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.services]
 
@@ -25,9 +25,7 @@ BAD_LABELS = {20: None, 21: 12, 22: -3}  # row -> label (num_classes is 10)
 
 
 def png(value: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.full((8, 8), value, np.uint8), "L").save(buf, "PNG")
-    return buf.getvalue()
+    return encode(np.full((8, 8), value, np.uint8), "PNG")
 
 
 def shard(start: int, n: int) -> pa.Table:
@@ -89,10 +87,10 @@ def test_bad_records_are_skipped_counted_by_kind_and_shard(ray_cluster, mixed):
     assert len(keys) == 2 * len(good_keys()) and set(keys) == good_keys()
     expected = {"zero_bytes": 2, "not_an_image": 2, "truncated": 2, "bad_label": 6,
                 "unreadable_shard": 200}  # per epoch: 1 + 1 + 1 + 3 + part-1's 100 rows
-    deadline = time.time() + 30  # the actors report without waiting: let them land
-    while ray.get(monitor.bad_records.remote()) != expected and time.time() < deadline:
-        time.sleep(0.5)
-    assert ray.get(monitor.bad_records.remote()) == expected
+    # the actors report without waiting: let them land
+    wait_for(lambda: ray.get(monitor.bad_records.remote()) == expected, 30,
+             lambda: f"bad records {expected}, have {ray.get(monitor.bad_records.remote())}",
+             interval=0.5)
     shards, sample = ray.get(monitor.bad_detail.remote())
     base = mixed.removeprefix("s3://")
     assert shards == {f"s3://{base}/part-0.parquet": 12, f"s3://{base}/part-1.parquet": 200}
@@ -141,11 +139,12 @@ def test_run_training_stops_with_the_bad_data_error_itself(ray_cluster, mixed, t
     assert "\n" not in str(err.value)  # one line, not Ray's wrapped traceback
     assert time.perf_counter() - started < 240
     # the failed run let go of the pool: the next run (or test) gets its actors
-    deadline = time.time() + 60
-    while ray.available_resources().get("preprocess_cpu", 0) < 2 and time.time() < deadline:
+    def pool_free() -> bool:
         gc.collect()
-        time.sleep(1)
-    assert ray.available_resources().get("preprocess_cpu", 0) == 2, alive_ray_processes()
+        return ray.available_resources().get("preprocess_cpu", 0) == 2
+
+    wait_for(pool_free, 60, lambda: f"the pool's resources back; alive: {alive_ray_processes()}",
+             interval=1.0)
 
 
 def alive_ray_processes() -> list[str]:
