@@ -4,6 +4,7 @@ echo stages run in-process on a local Parquet shard (no Ray)."""
 
 from __future__ import annotations
 
+import collections
 import threading
 
 import numpy as np
@@ -237,6 +238,10 @@ def test_preprocessor_echoes_in_the_pool(tmp_path, mode):
     assert rows == pytest.approx(2.5 * plan.num_rows, abs=len(plan.units))
     keys = np.concatenate([b[KEY] for b in out])
     images = np.concatenate([b["image"] for b in out])
+    # every example is there, in 2 or 3 copies (e = 2.5), 2.5 on average
+    copies = collections.Counter(keys.tolist())
+    assert len(copies) == plan.num_rows and set(copies.values()) == {2, 3}
+    assert len(keys) / len(copies) == pytest.approx(2.5, abs=len(plan.units) / plan.num_rows)
     first = {}
     same = differ = 0
     for k, img in zip(keys, images, strict=True):
@@ -247,7 +252,8 @@ def test_preprocessor_echoes_in_the_pool(tmp_path, mode):
                 differ += 1
         else:
             first[k] = img
+    assert same + differ == len(keys) - len(copies) > plan.num_rows  # each echoed copy compared
     if mode == "example":
         assert differ > 0.9 * (same + differ)  # each copy augmented on its own
     else:
-        assert same == same + differ  # copies of augmented examples are identical
+        assert differ == 0  # copies of augmented examples are identical
