@@ -13,7 +13,7 @@ import pytest
 import ray
 
 from pipelines import PipelineConfig, PreprocessConfig, SourceConfig, build_dataset, plan_source
-from pipelines.badrecords import BadDataError, BadRecordLimit
+from pipelines.badrecords import BadDataError, BadRecord, BadRecordLimit
 from pipelines.storage import resolve
 from tests.helpers import encode, wait_for
 
@@ -85,15 +85,18 @@ def test_bad_records_are_skipped_counted_by_kind_and_shard(ray_cluster, mixed):
             .iter_batches(batch_size=None) for k in b["key"]]
     # every good record exactly once per epoch, no bad one
     assert len(keys) == 2 * len(good_keys()) and set(keys) == good_keys()
-    expected = {"zero_bytes": 2, "not_an_image": 2, "truncated": 2, "bad_label": 6,
-                "unreadable_shard": 200}  # per epoch: 1 + 1 + 1 + 3 + part-1's 100 rows
+    # each bad record once (1 + 1 + 1 + 3 + part-1's 100 rows), met once in each epoch
+    distinct = {"zero_bytes": 1, "not_an_image": 1, "truncated": 1, "bad_label": 3,
+                "unreadable_shard": 100}
+    skips = {kind: 2 * n for kind, n in distinct.items()}
     # the actors report without waiting: let them land
-    wait_for(lambda: ray.get(monitor.bad_records.remote()) == expected, 30,
-             lambda: f"bad records {expected}, have {ray.get(monitor.bad_records.remote())}",
+    wait_for(lambda: ray.get(monitor.bad_skips.remote()) == skips, 30,
+             lambda: f"bad-record skips {skips}, have {ray.get(monitor.bad_skips.remote())}",
              interval=0.5)
+    assert ray.get(monitor.bad_records.remote()) == distinct
     shards, sample = ray.get(monitor.bad_detail.remote())
     base = mixed.removeprefix("s3://")
-    assert shards == {f"s3://{base}/part-0.parquet": 12, f"s3://{base}/part-1.parquet": 200}
+    assert shards == {f"s3://{base}/part-0.parquet": 6, f"s3://{base}/part-1.parquet": 100}
     assert sample and set(sample) <= {f"k{i:04d}" for i in (*BAD_IMAGES, *BAD_LABELS)} | {
         f"s3://{base}/part-1.parquet"}
     count, kinds, by_shard, _ = ray.get(monitor.epoch_bad.remote(1))
@@ -163,8 +166,10 @@ def test_the_limit_counts_bad_records_of_all_actors_together(ray_cluster):
     monitor = start_monitor(timeline=False)
     limit = BadRecordLimit("s3://b/data", rows_per_epoch=1000, max_fraction=0.001)  # 1 allowed
     for actor, shard in (("a", "s3://b/data/p0.parquet"), ("b", "s3://b/data/p1.parquet")):
+        record = BadRecord(key=actor, shard=shard, kind="truncated", why="cut short", epoch=0)
         monitor.add_block.remote(actor, BlockSpan(0, 1, 10, 0, {"truncated": 1},
-                                                  bad_shards={shard: 1}, bad_keys=(actor,)))
+                                                  bad_shards={shard: 1}, bad_keys=(actor,),
+                                                  bad_records=(record,)))
     import torch
     check_bad_records(monitor, limit, epoch=1, rank=0, device=torch.device("cpu"))  # none
     with pytest.raises(BadDataError, match=r"2 bad records in epoch 1 .*truncated 2.*\(1 of "
