@@ -36,24 +36,16 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cluster.bench.echo_experiment import EchoExperimentConfig, report, run_experiment  # noqa: E402
-from cluster.cli.flags import add_flag, config_from  # noqa: E402
+from cluster.cli.flags import add_config_flags, parse_config  # noqa: E402
+from pipelines.config import ECHO_MODES  # noqa: E402
 
-C = EchoExperimentConfig
 
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_flag(p, "--out", C, "out", required=True)
-    add_flag(p, "--quick", C, "quick")
-    add_flag(p, "--repeats", C, "repeats")
-    add_flag(p, "--target", C, "target")
-    add_flag(p, "--epochs", C, "epochs")
-    add_flag(p, "--val-every-rows", C, "val_every_rows")
-    add_flag(p, "--read-kbps", C, "read_kbps")
-    add_flag(p, "--echo-mode", C, "echo_mode", choices=["example", "example-after-aug", "batch"])
-    add_flag(p, "--seed", C, "seed")
-    return p.parse_args(argv)
+    add_config_flags(p, EchoExperimentConfig, out={"required": True},
+                     echo_mode={"choices": ECHO_MODES})
+    return p
 
 
 def _stop(signum, _frame):
@@ -61,8 +53,7 @@ def _stop(signum, _frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    cfg = config_from(C, args)
+    cfg = parse_config(parser(), EchoExperimentConfig, argv)
     # SIGTERM unwinds like Ctrl-C, so the object store, the proxy and Ray are stopped.
     signal.signal(signal.SIGTERM, _stop)
     os.makedirs(cfg.out, exist_ok=True)

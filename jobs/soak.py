@@ -31,31 +31,19 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cluster.bench.soak import SoakConfig, print_report, run_soak, write_results  # noqa: E402
-from cluster.cli.flags import add_flag, config_from  # noqa: E402
+from cluster.cli.flags import add_config_flags, parse_config  # noqa: E402
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_flag(p, "--out", SoakConfig, "out", required=True)
-    add_flag(p, "--epochs", SoakConfig, "epochs")
-    add_flag(p, "--first", SoakConfig, "first")
-    add_flag(p, "--last", SoakConfig, "last", type=int)
-    add_flag(p, "--synthetic", SoakConfig, "synthetic")
-    add_flag(p, "--image-size", SoakConfig, "image_size")
-    add_flag(p, "--read-kb-per-s", SoakConfig, "read_kb_per_s", type=float)
-    add_flag(p, "--num-workers", SoakConfig, "num_workers")
-    add_flag(p, "--interval-s", SoakConfig, "interval_s")
-    return p.parse_args(argv)
+    add_config_flags(p, SoakConfig, out={"required": True}, last={"type": int},
+                     read_kb_per_s={"type": float})
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        cfg = config_from(SoakConfig, args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = parse_config(parser(), SoakConfig, argv)
     os.makedirs(cfg.out, exist_ok=True)
     samples, summary = run_soak(cfg)
     result = write_results(cfg, samples, summary)

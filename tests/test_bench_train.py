@@ -46,9 +46,11 @@ def test_the_table_has_a_row_per_loader(capsys):
 
 
 def test_the_job_flags_default_to_the_config():
-    from cluster.cli.flags import config_from
-    from jobs import bench_train as job
+    from cluster.cli.flags import parse_config
+    from jobs.bench_train import parser
 
-    assert config_from(TrainBenchConfig, job.parse_args([])) == TrainBenchConfig()
-    cfg = config_from(TrainBenchConfig, job.parse_args(["--pool", "2", "--amp"]))
-    assert cfg.pool == 2 and cfg.amp
+    assert parse_config(parser(), TrainBenchConfig, []) == TrainBenchConfig()
+    cfg = parse_config(parser(), TrainBenchConfig, ["--pool", "2", "--amp", "--loaders", "plain"])
+    assert cfg.pool == 2 and cfg.amp and cfg.loader_names == ["plain"]
+    with pytest.raises(SystemExit):
+        parse_config(parser(), TrainBenchConfig, ["--loaders", "torch"])

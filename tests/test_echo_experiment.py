@@ -90,9 +90,12 @@ def test_echo_experiment_report_writes_the_csv_the_plot_and_checks_the_targets(t
 
 
 def test_the_job_flags_default_to_the_config():
-    from cluster.cli.flags import config_from
-    from jobs.echo_experiment import parse_args
+    from cluster.cli.flags import parse_config
+    from jobs.echo_experiment import parser
 
-    assert config_from(EchoExperimentConfig, parse_args(["--out", "d"])) == EchoExperimentConfig(
-        out="d")
-    assert config_from(EchoExperimentConfig, parse_args(["--out", "d", "--quick"])).quick
+    def parse(*argv):
+        return parse_config(parser(), EchoExperimentConfig, list(argv))
+
+    assert parse("--out", "d") == EchoExperimentConfig(out="d")
+    assert parse("--out", "d", "--quick").runs_per_setting == 1
+    assert parse("--out", "d", "--echo-mode", "batch").echo_mode == "batch"

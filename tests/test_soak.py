@@ -95,10 +95,10 @@ def test_results_place_each_sample_in_its_epoch_and_hold_the_run_figures(tmp_pat
 
 
 def test_the_job_flags_default_to_the_config():
-    from cluster.cli.flags import config_from
-    from jobs.soak import parse_args
+    from cluster.cli.flags import parse_config
+    from jobs.soak import parser
 
-    assert config_from(soak.SoakConfig, parse_args(["--out", "d"])) == soak.SoakConfig(out="d")
-    cfg = config_from(soak.SoakConfig, parse_args(["--out", "d", "--last", "5",
-                                                   "--read-kb-per-s", "0"]))
+    assert parse_config(parser(), soak.SoakConfig, ["--out", "d"]) == soak.SoakConfig(out="d")
+    cfg = parse_config(parser(), soak.SoakConfig, ["--out", "d", "--last", "5",
+                                                   "--read-kb-per-s", "0"])
     assert (cfg.last_epoch, cfg.read_cap_kb_per_s) == (5, 0.0)
