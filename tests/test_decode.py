@@ -1,6 +1,5 @@
 """Tier 1: decoding bytes to uint8 RGB, and bad input counted rather than raised."""
 
-import io
 
 import numpy as np
 import pytest
@@ -8,12 +7,7 @@ from PIL import Image
 
 from pipelines.badrecords import BadRecords
 from pipelines.decode import decode_image, decode_many
-
-
-def encode(img: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kw)
-    return buf.getvalue()
+from tests.helpers import encode
 
 
 def test_gray_png_becomes_rgb_with_same_pixels():

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from cluster.local.procfs import local_processes
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.services
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,8 +53,8 @@ def run_demo(workdir, *flags, interrupt_after: str | None = None, timeout=600, e
 
 def assert_all_stopped(workdir, temp, dashboard_port, text):
     assert "[demo] stopped the Ray head and the object store" in text
-    time.sleep(1)
-    assert leftovers(str(workdir), temp) == []
+    wait_for(lambda: leftovers(str(workdir), temp) == [], 5,
+             lambda: f"the demo's processes to end: {leftovers(str(workdir), temp)}")
     if dashboard_port:
         assert not port_open(dashboard_port)
 

@@ -6,11 +6,11 @@ from cluster.training.epochs import EpochSlicer, batch_len
 from cluster.training.stepper import lr_at
 
 
-def stream(total_rows: int, batch_size: int):
+def stream(total_rows: int, batch_size: int, first_id: int = 0, pixel: int = 0):
     """Like iter_torch_batches: full batches of consecutive ids, a short last one."""
     for start in range(0, total_rows, batch_size):
-        ids = torch.arange(start, min(start + batch_size, total_rows))
-        yield {"id": ids, "image": torch.zeros(len(ids), 3, 2, 2, dtype=torch.uint8)}
+        ids = torch.arange(start, min(start + batch_size, total_rows)) + first_id
+        yield {"id": ids, "image": torch.full((len(ids), 3, 2, 2), pixel, dtype=torch.uint8)}
 
 
 def test_every_epoch_has_exactly_its_rows_and_no_row_is_lost_or_repeated():
@@ -34,11 +34,19 @@ def test_no_batch_is_smaller_than_half_a_batch():
 
 
 def test_ranks_with_equal_shares_take_equal_numbers_of_steps():
-    # DDP hangs if one rank does one step more than another.
+    # DDP hangs if one rank does one step more than another. Each rank has a stream of its own
+    # (other rows, other pixels, another length past the epochs), the same share per epoch,
+    # and the epochs interleave as the ranks run side by side.
     a = EpochSlicer(stream(1000, 64), 64)
-    b = EpochSlicer(stream(1000, 64), 64)
-    for _ in range(2):
-        assert len(list(a.epoch(450))) == len(list(b.epoch(450)))
+    b = EpochSlicer(stream(930, 64, first_id=10_000, pixel=255), 64)
+    for epoch in range(2):
+        steps_a, steps_b = list(a.epoch(450)), list(b.epoch(450))
+        assert len(steps_a) == len(steps_b) == 7  # 450 = 7 x 64 + 2: the 2 rows merged in
+        for steps, first_id, pixel in ((steps_a, 0, 0), (steps_b, 10_000, 255)):
+            ids = torch.cat([s["id"] for s in steps])
+            start = first_id + 450 * epoch
+            assert torch.equal(ids, torch.arange(start, start + 450))  # its own rows, in order
+            assert all(bool((s["image"] == pixel).all()) for s in steps)
 
 
 def test_a_stream_that_ends_early_is_reported():

@@ -12,6 +12,7 @@ import pytest
 
 from cluster.local.procfs import local_processes
 from cluster.local.services import start_service, stop_process_group
+from tests.helpers import wait_for
 
 SLEEPER = "import time; time.sleep(60)  # feedline-process-probe"
 
@@ -23,19 +24,14 @@ def find(marker: str):
 def test_a_process_is_found_by_its_command_line_with_its_memory_then_seen_dead():
     proc = subprocess.Popen([sys.executable, "-c", SLEEPER])
     try:
-        deadline = time.monotonic() + 10
-        while not find("feedline-process-probe"):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(lambda: find("feedline-process-probe"), 10, "the probe process to be listed")
         [seen] = find("feedline-process-probe")
         assert seen.pid == proc.pid and seen.alive and seen.rss_mb > 1
         assert seen.cmdline == f"{sys.executable} -c {SLEEPER}"
         os.kill(proc.pid, signal.SIGKILL)
         # killed, not yet reaped by its parent: a zombie, listed but not alive
-        deadline = time.monotonic() + 10
-        while find("feedline-process-probe") and find("feedline-process-probe")[0].alive:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(lambda: not any(p.alive for p in find("feedline-process-probe")), 10,
+                 "the killed probe to be seen dead")
         assert [p.state for p in find("feedline-process-probe")] in ([], ["Z"])
     finally:
         proc.kill()
@@ -47,16 +43,12 @@ def test_stopping_a_service_stops_its_children_too(tmp_path):
     # a shell that starts a child and ignores nothing: both are in the service's process group
     script = f"{sys.executable} -c '{SLEEPER}' & wait"
     proc = start_service(["bash", "-c", script], dict(os.environ), str(tmp_path / "log"))
-    deadline = time.monotonic() + 10
-    while not [p for p in find("feedline-process-probe") if p.pid != proc.pid]:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for(lambda: [p for p in find("feedline-process-probe") if p.pid != proc.pid], 10,
+             "the service's child to start")
     stop_process_group(proc, grace_s=5)
     assert proc.poll() is not None
-    deadline = time.monotonic() + 10
-    while [p for p in find("feedline-process-probe") if p.alive]:
-        assert time.monotonic() < deadline, find("feedline-process-probe")
-        time.sleep(0.05)
+    wait_for(lambda: not [p for p in find("feedline-process-probe") if p.alive], 10,
+             lambda: f"the service's child to end: {find('feedline-process-probe')}")
 
 
 def test_the_leader_shuts_its_children_down_itself_before_the_group_is_signalled(tmp_path):
@@ -67,10 +59,8 @@ def test_the_leader_shuts_its_children_down_itself_before_the_group_is_signalled
               f"trap 'kill -0 $child && echo child-alive > {marker}; kill $child; wait $child; "
               f"exit 0' TERM; wait")
     proc = start_service(["bash", "-c", script], dict(os.environ), str(tmp_path / "log"))
-    deadline = time.monotonic() + 10
-    while not [p for p in find("feedline-process-probe") if p.pid != proc.pid]:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for(lambda: [p for p in find("feedline-process-probe") if p.pid != proc.pid], 10,
+             "the service's child to start")
     started = time.monotonic()
     stop_process_group(proc, grace_s=20)
     assert time.monotonic() - started < 5  # no waiting out the grace period

@@ -6,17 +6,9 @@ import time
 import pytest
 
 from pipelines.readahead import ReadAhead
+from tests.helpers import wait_for
 
 WAIT_S = 10.0
-
-
-def _wait_until(condition, timeout_s=WAIT_S):
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_the_first_item_is_handed_out_before_the_source_makes_the_next():
@@ -48,7 +40,8 @@ def test_reads_up_to_depth_ahead_of_the_consumer_and_no_further():
     it = iter(ReadAhead(source(), depth=3))
     assert next(it) == 0
     # The thread fills the queue (3) and makes one more that waits for room: 0 + 3 + 1.
-    assert _wait_until(lambda: len(made) == 5)
+    wait_for(lambda: len(made) == 5, WAIT_S, "the reader to fill its queue and make one more",
+             interval=0.01)
     time.sleep(0.2)
     assert len(made) == 5
     assert list(it) == list(range(1, 10))
@@ -96,7 +89,7 @@ def test_close_from_outside_the_loop_stops_a_thread_waiting_for_room():
     reader = ReadAhead(iter(range(100)), depth=1)
     it = iter(reader)
     assert next(it) == 0
-    assert _wait_until(lambda: reader._queue.full())
+    wait_for(reader._queue.full, WAIT_S, "the reader's queue to fill", interval=0.01)
     reader.close()
     assert not reader._thread.is_alive()
 

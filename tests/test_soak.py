@@ -1,12 +1,13 @@
-"""Tier 1: the endurance check of `jobs/soak.py` (its verdict on sampled memory), without a run."""
+"""Tier 1: the endurance check behind `jobs/soak.py` (cluster.bench.soak: its settings and its
+verdict on sampled memory), without a run."""
 
-import importlib.util
-import os
+import csv
+import json
+import types
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location("soak", os.path.join(ROOT, "jobs", "soak.py"))
-soak = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(soak)
+import pytest
+
+from cluster.bench import soak
 
 ENDS = [10.0, 20.0, 30.0]  # three epochs, one every 10 s
 
@@ -62,3 +63,42 @@ def test_processes_not_alive_in_both_epochs_are_not_compared_and_none_at_all_fai
     assert v["processes"] == [] and not v["ok"]
     assert soak.epoch_of(10.0, ENDS) == 1 and soak.epoch_of(10.1, ENDS) == 2
     assert soak.epoch_of(31.0, ENDS) == 0
+
+
+def test_settings_are_checked_once_and_the_read_cap_follows_the_data():
+    assert soak.SoakConfig().last_epoch == 10
+    assert soak.SoakConfig(epochs=4, first=1, last=3).last_epoch == 3
+    for bad in ({"first": 0}, {"first": 10}, {"epochs": 4, "last": 5}, {"first": 3, "last": 3}):
+        with pytest.raises(ValueError, match="--first < --last"):
+            soak.SoakConfig(**bad)
+    assert soak.SoakConfig().read_cap_kb_per_s == 12.0  # digits: capped
+    assert soak.SoakConfig(synthetic=100).read_cap_kb_per_s == 0.0
+    assert soak.SoakConfig(synthetic=100, read_kb_per_s=50.0).read_cap_kb_per_s == 50.0
+
+
+def test_results_place_each_sample_in_its_epoch_and_hold_the_run_figures(tmp_path, capsys):
+    cfg = soak.SoakConfig(out=str(tmp_path), epochs=3)
+    run = types.SimpleNamespace(history=[{"at": end} for end in ENDS], val_accuracy=0.97,
+                                wall_s=31.26)
+    given = samples({19.0: 500.0, 29.0: 600.0, 31.0: 600.0})
+    result = soak.write_results(cfg, given, run)
+    assert not result["ok"] and result["val_accuracy"] == 0.97 and result["wall_s"] == 31.3
+    assert json.loads((tmp_path / "soak.json").read_text()) == result
+    with open(tmp_path / "samples.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(given) == result["samples"]
+    assert [r["epoch"] for r in rows if r["pid"] == "7"] == ["2", "3", "0"]
+    soak.print_report(cfg, result)
+    out = capsys.readouterr().out
+    assert "ray::MapWorker(Preprocessor)" in out and "20.0%  !" in out
+    assert "memory flat from epoch 2 to 3: NO (val accuracy 0.9700, 31 s)" in out
+
+
+def test_the_job_flags_default_to_the_config():
+    from cluster.cli.flags import parse_config
+    from jobs.soak import parser
+
+    assert parse_config(parser(), soak.SoakConfig, ["--out", "d"]) == soak.SoakConfig(out="d")
+    cfg = parse_config(parser(), soak.SoakConfig, ["--out", "d", "--last", "5",
+                                                   "--read-kb-per-s", "0"])
+    assert (cfg.last_epoch, cfg.read_cap_kb_per_s) == (5, 0.0)

@@ -1,6 +1,5 @@
 """Tier 1: planning and reading both shard kinds, on the local filesystem (no Ray, no network)."""
 
-import io
 
 import numpy as np
 import pyarrow as pa
@@ -11,12 +10,11 @@ from PIL import Image
 
 from pipelines import SchemaError, SourceConfig, StorageError, plan_source
 from pipelines.sources import read_unit
+from tests.helpers import encode
 
 
 def png(value: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("L", (4, 4), value).save(buf, "PNG")
-    return buf.getvalue()
+    return encode(Image.new("L", (4, 4), value), "PNG")
 
 
 def write_shard(path, n, start=0, row_group=8, with_key=True):

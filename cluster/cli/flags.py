@@ -8,10 +8,12 @@ import ast
 import dataclasses
 import functools
 import inspect
+import sys
 import textwrap
 from typing import Any
 
-__all__ = ["add_flag", "config_from", "field_default", "field_doc"]
+__all__ = ["add_flag", "add_config_flags", "config_from", "parse_config", "field_default",
+           "field_doc"]
 
 
 @functools.cache
@@ -69,7 +71,32 @@ def add_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, flag: st
     return parser.add_argument(flag, default=default, **kwargs)
 
 
+
+def add_config_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type,
+                     **per_field: dict[str, Any]) -> None:
+    """One flag per field of dataclass `cls`, in field order (`--image-size` for `image_size`),
+    through add_flag; `per_field[name]` holds more add_argument keywords for that field's flag
+    (a `type` where the default is None, `choices`, `required`)."""
+    unknown = set(per_field) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise AttributeError(f"{cls.__name__} has no fields {sorted(unknown)}")
+    for f in dataclasses.fields(cls):
+        add_flag(parser, "--" + f.name.replace("_", "-"), cls, f.name, **per_field.get(f.name, {}))
+
+
 def config_from(cls: type, args: argparse.Namespace) -> Any:
     """An instance of dataclass `cls` from the parsed flags stored under its fields' names
     (as add_flag stores them); its own checks run, and raise, as it is made."""
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def parse_config(parser: argparse.ArgumentParser, cls: type, argv: list[str] | None = None
+                 ) -> Any:
+    """Parse `argv` and make the `cls` config of it; a setting its checks refuse ends the
+    program as a bad flag does: `error: ...` on stderr, exit status 2."""
+    args = parser.parse_args(argv)
+    try:
+        return config_from(cls, args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 
 import ray
 
@@ -21,7 +22,8 @@ from cluster.echo.policy import EchoRuleConfig, EchoState, next_factor
 from cluster.observability.metrics import EchoMetrics
 from pipelines.config import EchoConfig
 
-__all__ = ["EchoController", "ControllerFactor", "ConsumeReporter", "start_echo_controller"]
+__all__ = ["EchoControl", "EchoController", "ControllerFactor", "ConsumeReporter",
+           "start_echo_controller"]
 
 WINDOW_S = 5.0
 """Reports older than this do not count in a rate (the latest one always does)."""
@@ -43,11 +45,14 @@ def _rate(reports: deque, now: float) -> float | None:
     return amount / busy if busy > 0 else None
 
 
-@ray.remote(num_cpus=0)
-class EchoController:
+class EchoControl:
+    """The controller's state and rule, on the clock it is given (`clock`, seconds; a fake one
+    in tests). `EchoController` is this class as the zero-CPU Ray actor a run starts."""
+
     def __init__(self, run: str, echo: EchoConfig, world: int,
-                 rule: EchoRuleConfig | None = None, external: bool = False):
-        self.echo, self.world, self.external = echo, world, external
+                 rule: EchoRuleConfig | None = None, external: bool = False,
+                 clock: Callable[[], float] = time.monotonic):
+        self.echo, self.world, self.external, self.clock = echo, world, external, clock
         self.rule = rule or EchoRuleConfig(max_factor=echo.max_factor)
         self.state = EchoState(factor=echo.factor if echo.enabled else 1.0,
                                reason=("set by the pool policy" if external else
@@ -55,7 +60,7 @@ class EchoController:
         self.pool: dict[str, deque] = {}
         self.train: dict[int, deque] = {}
         self.waits: dict[int, deque] = {}
-        self.started = time.monotonic()
+        self.started = self.clock()
         self._updated = float("-inf")
         self.changes: list[tuple[float, float, str]] = [(0.0, self.state.factor,
                                                           self.state.reason)]
@@ -65,15 +70,15 @@ class EchoController:
     def add_pool(self, actor: str, fresh: int, busy_s: float) -> None:
         """One pool block: fresh examples read for it and the seconds its work took."""
         self.pool.setdefault(actor, deque(maxlen=4096)).append(
-            (time.monotonic(), fresh, busy_s))
+            (self.clock(), fresh, busy_s))
         self._update()
 
     def add_train(self, rank: int, rows: int, busy_s: float, wait_s: float = 0.0) -> None:
         """A rank's recent steps: rows trained on, their h2d + compute seconds, and the
         seconds they waited for data."""
-        self.train.setdefault(rank, deque(maxlen=4096)).append((time.monotonic(), rows, busy_s))
+        self.train.setdefault(rank, deque(maxlen=4096)).append((self.clock(), rows, busy_s))
         self.waits.setdefault(rank, deque(maxlen=4096)).append(
-            (time.monotonic(), wait_s, busy_s))
+            (self.clock(), wait_s, busy_s))
         self._update()
 
     def observe(self, window_s: float) -> dict:
@@ -82,7 +87,7 @@ class EchoController:
         examples/s the pool delivered), busy (share of the reporting actors' time spent
         working), stall (share of the ranks' step time spent waiting, None before any
         report), actors (pool actors that reported)."""
-        now = time.monotonic()
+        now = self.clock()
         since = now - window_s
         consume, _ = self.rates(now)
         recent = [[r for r in q if r[0] >= since] for q in self.pool.values()]
@@ -99,14 +104,14 @@ class EchoController:
     def set_factor(self, factor: float, reason: str) -> None:
         """The pool policy's echo factor (with `external`, the rule here stays off)."""
         if factor != self.state.factor:
-            self.state = EchoState(factor=factor, smoothed=factor, at_s=time.monotonic(),
+            self.state = EchoState(factor=factor, smoothed=factor, at_s=self.clock(),
                                    reason=reason)
-            self.changes.append((time.monotonic() - self.started, factor, reason))
+            self.changes.append((self.clock() - self.started, factor, reason))
             self.metrics.set(factor)
 
     def rates(self, now: float | None = None) -> tuple[float | None, float | None]:
         """(consume, produce) examples/s from the recent reports, or None where unknown."""
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
         stale = now - 3 * WINDOW_S  # an actor gone quiet this long has left the pool
         produce = [r for q in self.pool.values() if q and q[-1][0] >= stale
                    if (r := _rate(q, now)) is not None]
@@ -119,7 +124,7 @@ class EchoController:
                 sum(produce) if produce else None)
 
     def _update(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if self.external or not self.echo.auto or now - self._updated < UPDATE_EVERY_S:
             return
         self._updated = now
@@ -136,6 +141,10 @@ class EchoController:
     def history(self) -> list[tuple[float, float, str]]:
         """(seconds since start, factor, reason) at the start and at every change."""
         return list(self.changes)
+
+
+EchoController = ray.remote(num_cpus=0)(EchoControl)
+"""The run's echo controller: `EchoControl` as a zero-CPU Ray actor, on the real clock."""
 
 
 def start_echo_controller(run: str, echo: EchoConfig, world: int,

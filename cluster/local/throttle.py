@@ -52,6 +52,10 @@ class ThrottledProxy:
         self.host, self.target_port, self.bytes_per_s = host, target_port, bytes_per_s
         self.port = port or free_port()
         self.bytes_down = 0
+        self.connections = 0
+        """Client connections accepted."""
+        self.refused = 0
+        """Client connections closed at once because the target did not answer (it is down)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
@@ -85,9 +89,11 @@ class ThrottledProxy:
         lock = asyncio.Lock()
 
         async def handle(client_reader, client_writer):
+            self.connections += 1
             try:
                 up_reader, up_writer = await asyncio.open_connection(self.host, self.target_port)
             except OSError:
+                self.refused += 1
                 client_writer.close()
                 return
             try:

@@ -5,7 +5,6 @@ twice."""
 import collections
 import os
 import signal
-import time
 
 import pytest
 
@@ -19,6 +18,7 @@ from pipelines import (
     build_dataset,
     plan_source,
 )
+from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.services]
 
@@ -52,7 +52,7 @@ def test_killed_preprocessing_actor_loses_and_repeats_nothing(ray_cluster, digit
                 assert pids, "no live preprocessing actor to kill"
                 killed, seen_at_kill = min(pids), sum(seen.values())
                 os.kill(killed, signal.SIGKILL)
-                time.sleep(0.5)
+                wait_for(lambda pid=killed: pid not in pool_pids(), 10, "the killed actor to end")
     assert killed is not None and seen_at_kill < plan.num_rows  # killed in epoch 1
     assert killed not in pool_pids()
     assert len(seen) == plan.num_rows == 1437

@@ -1,7 +1,6 @@
 """Tier 1: the bad-record limit itself, and validation passes held against it one at a time
 (local Parquet files, no Ray, no network)."""
 
-import io
 
 import numpy as np
 import pyarrow as pa
@@ -12,6 +11,7 @@ from PIL import Image
 from pipelines import PipelineConfig, PreprocessConfig, SourceConfig, plan_source
 from pipelines.badrecords import BadDataError, BadRecordLimit, BadRecords, label_problems
 from pipelines.build import Preprocessor
+from tests.helpers import encode
 
 
 def test_allowance_is_the_floor_of_the_fraction_of_an_epoch():
@@ -45,9 +45,7 @@ def test_labels_outside_the_classes_are_problems():
 
 
 def _png(v: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("L", (8, 8), v).save(buf, "PNG")
-    return buf.getvalue()
+    return encode(Image.new("L", (8, 8), v), "PNG")
 
 
 def test_each_validation_pass_is_held_against_the_limit_on_its_own(tmp_path):

@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
-from PIL import Image
 
 from pipelines import PipelineConfig, PreprocessConfig, SourceConfig, build_dataset, plan_source
 from pipelines.badrecords import BadDataError, BadRecord, BadRecordLimit
 from pipelines.storage import resolve
+from tests.helpers import encode, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.services]
 
@@ -25,9 +25,7 @@ BAD_LABELS = {20: None, 21: 12, 22: -3}  # row -> label (num_classes is 10)
 
 
 def png(value: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.full((8, 8), value, np.uint8), "L").save(buf, "PNG")
-    return buf.getvalue()
+    return encode(np.full((8, 8), value, np.uint8), "PNG")
 
 
 def shard(start: int, n: int) -> pa.Table:
@@ -87,14 +85,14 @@ def test_bad_records_are_skipped_counted_by_kind_and_shard(ray_cluster, mixed):
             .iter_batches(batch_size=None) for k in b["key"]]
     # every good record exactly once per epoch, no bad one
     assert len(keys) == 2 * len(good_keys()) and set(keys) == good_keys()
-    # each broken record once however many epochs met it; the skips count every meeting
+    # each bad record once (1 + 1 + 1 + 3 + part-1's 100 rows), met once in each epoch
     distinct = {"zero_bytes": 1, "not_an_image": 1, "truncated": 1, "bad_label": 3,
-                "unreadable_shard": 100}  # part-1's 100 rows count as its records
+                "unreadable_shard": 100}
     skips = {kind: 2 * n for kind, n in distinct.items()}
-    deadline = time.time() + 30  # the actors report without waiting: let them land
-    while ray.get(monitor.bad_skips.remote()) != skips and time.time() < deadline:
-        time.sleep(0.2)
-    assert ray.get(monitor.bad_skips.remote()) == skips
+    # the actors report without waiting: let them land
+    wait_for(lambda: ray.get(monitor.bad_skips.remote()) == skips, 30,
+             lambda: f"bad-record skips {skips}, have {ray.get(monitor.bad_skips.remote())}",
+             interval=0.5)
     assert ray.get(monitor.bad_records.remote()) == distinct
     shards, sample = ray.get(monitor.bad_detail.remote())
     base = mixed.removeprefix("s3://")
@@ -146,11 +144,12 @@ def test_run_training_stops_with_the_bad_data_error_itself(ray_cluster, mixed, t
     assert "\n" not in str(err.value)  # one line, not Ray's wrapped traceback
     assert time.perf_counter() - started < 240
     # the failed run let go of the pool: the next run (or test) gets its actors
-    deadline = time.time() + 60
-    while ray.available_resources().get("preprocess_cpu", 0) < 2 and time.time() < deadline:
+    def pool_free() -> bool:
         gc.collect()
-        time.sleep(1)
-    assert ray.available_resources().get("preprocess_cpu", 0) == 2, alive_ray_processes()
+        return ray.available_resources().get("preprocess_cpu", 0) == 2
+
+    wait_for(pool_free, 60, lambda: f"the pool's resources back; alive: {alive_ray_processes()}",
+             interval=1.0)
 
 
 def alive_ray_processes() -> list[str]:
@@ -169,7 +168,7 @@ def test_the_limit_counts_bad_records_of_all_actors_together(ray_cluster):
     monitor = start_monitor(timeline=False)
     limit = BadRecordLimit("s3://b/data", rows_per_epoch=1000, max_fraction=0.001)  # 1 allowed
     for actor, shard in (("a", "s3://b/data/p0.parquet"), ("b", "s3://b/data/p1.parquet")):
-        record = BadRecord(actor, shard, "truncated", "image file is truncated", epoch=0)
+        record = BadRecord(key=actor, shard=shard, kind="truncated", why="cut short", epoch=0)
         monitor.add_block.remote(actor, BlockSpan(0, 1, 10, 0, {"truncated": 1},
                                                   bad_shards={shard: 1}, bad_keys=(actor,),
                                                   bad_records=(record,)))

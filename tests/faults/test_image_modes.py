@@ -11,13 +11,7 @@ from PIL import Image
 from pipelines.augment import apply_batch, build_transform, decode_side
 from pipelines.badrecords import BadRecords
 from pipelines.decode import decode_image, decode_many
-
-
-def encode(img: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kw)
-    return buf.getvalue()
-
+from tests.helpers import encode
 
 RED = (220, 20, 30)
 

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 
 import pytest
@@ -26,6 +25,7 @@ from cluster.training.trainer import run_training
 from pipelines import PipelineConfig, PreprocessConfig, SourceConfig, plan_source
 from pipelines.sources import KEY, read_unit
 from pipelines.storage import resolve
+from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.services]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -48,14 +48,6 @@ def _mid_epoch_checkpoint(results: str, run: str, after_step: int) -> bool:
     latest = _snapshot(results, run)
     metrics = (latest or {}).get("metrics", {})
     return metrics.get("checkpoint") == "step" and metrics.get("step", 0) >= after_step
-
-
-def _wait(condition, timeout_s: float, what: str, alive=lambda: True) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert alive(), f"gave up waiting for {what}: the process ended"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def _keys(url: str) -> list[str]:
@@ -110,8 +102,8 @@ class KillTrainerAfter(threading.Thread):
                 if p.alive and p.cmdline.startswith("ray::RayTrainWorker")]
 
     def run(self) -> None:
-        _wait(lambda: _mid_epoch_checkpoint(self.results, self.run_name, self.after_step),
-              300, "a mid-epoch step checkpoint")
+        wait_for(lambda: _mid_epoch_checkpoint(self.results, self.run_name, self.after_step),
+                 300, "a mid-epoch step checkpoint", interval=0.2)
         ours = [pid for pid in self._trainers() if pid not in self.before]
         if ours:
             os.kill(ours[0], signal.SIGKILL)
@@ -173,8 +165,8 @@ def test_killed_driver_restarts_with_a_worker_fewer_and_trains_each_row_once(
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     first = train(2, "first.json")
-    _wait(lambda: _mid_epoch_checkpoint(results, "driver", after_step=30), 300,
-          "a mid-epoch step checkpoint", alive=lambda: first.poll() is None)
+    wait_for(lambda: _mid_epoch_checkpoint(results, "driver", after_step=30), 300,
+             "a mid-epoch step checkpoint", alive=lambda: first.poll() is None, interval=0.2)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
     second = train(1, "second.json")

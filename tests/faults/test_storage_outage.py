@@ -10,6 +10,7 @@ import time
 import pytest
 
 from cluster.local.object_store import EmbeddedObjectStore
+from cluster.local.throttle import ThrottledProxy
 from pipelines import (
     PipelineConfig,
     PreprocessConfig,
@@ -20,6 +21,7 @@ from pipelines import (
     plan_source,
 )
 from pipelines.datasets import write_digits
+from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.services]
 
@@ -38,8 +40,8 @@ def flaky_store(object_store, tmp_path_factory):
     store.stop()
 
 
-def config(store, url, deadline_s):
-    storage = StorageConfig(endpoint=store.endpoint, outage_deadline_s=deadline_s)
+def config(store, url, deadline_s, endpoint=None):
+    storage = StorageConfig(endpoint=endpoint or store.endpoint, outage_deadline_s=deadline_s)
     return PipelineConfig(source=SourceConfig(url=url, storage=storage, rows_per_unit=60),
                           preprocess=PreprocessConfig(recipe="small", image_size=8,
                                                       max_actors=1, output_rows=60),
@@ -48,23 +50,29 @@ def config(store, url, deadline_s):
 
 def test_reads_wait_out_an_outage_and_the_stream_completes(ray_cluster, flaky_store):
     store, url = flaky_store
-    cfg = config(store, url, deadline_s=120)
-    plan = plan_source(cfg.source)  # planned while the store is up
-    store.stop()
-    restarting_at = []
+    # The pool reads through a proxy (no cap): it counts the connections it cannot pass on
+    # while the store is down, so the store comes back only once a read has met the outage.
+    with ThrottledProxy("127.0.0.1", store.s3_port, bytes_per_s=1e9) as proxy:
+        cfg = config(store, url, deadline_s=120, endpoint=proxy.endpoint)
+        plan = plan_source(cfg.source)  # planned while the store is up
+        store.stop()
+        refused, restarting_at = [], []
 
-    def restart_later():
-        time.sleep(8)  # the pool actor starts and hits the outage in this time
-        restarting_at.append(time.time())
-        store.start()  # returns once the bucket answers; reads may resume a moment before
+        def restart_once_a_read_met_the_outage():
+            try:
+                refused.append(wait_for(lambda: proxy.refused, 90, "a read refused by the outage"))
+            finally:  # back up in any case: the module's other test needs it
+                restarting_at.append(time.time())
+                store.start()  # returns once the bucket answers; reads may resume a moment before
 
-    restart = threading.Thread(target=restart_later, daemon=True)
-    restart.start()
-    first_batch_at, keys = None, []
-    for batch in build_dataset(cfg, plan=plan).iter_batches(batch_size=None):
-        first_batch_at = first_batch_at or time.time()
-        keys.extend(batch["key"])
-    restart.join(timeout=120)
+        restart = threading.Thread(target=restart_once_a_read_met_the_outage, daemon=True)
+        restart.start()
+        first_batch_at, keys = None, []
+        for batch in build_dataset(cfg, plan=plan).iter_batches(batch_size=None):
+            first_batch_at = first_batch_at or time.time()
+            keys.extend(batch["key"])
+        restart.join(timeout=120)
+    assert refused and refused[0] >= 1  # a read met the outage, and was retried
     assert restarting_at and first_batch_at > restarting_at[0]  # the reads waited it out
     assert len(keys) == len(set(keys)) == plan.num_rows == 360
 
