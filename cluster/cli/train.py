@@ -4,6 +4,7 @@ a user reads it. Every flag's default comes from its config dataclass (`cluster.
 from __future__ import annotations
 
 import argparse
+import os
 
 from cluster.cli.flags import add_flag
 from cluster.training.config import MODELS, TrainConfig
@@ -191,7 +192,11 @@ def configs(args: argparse.Namespace) -> tuple[TrainConfig, PipelineConfig, Pipe
              "max_failures", "seed", "target_accuracy", "val_every_rows", "train_log_level",
              "checkpoint_every_steps", "preemption_check_steps", "trace_samples",
              "min_workers")
-    tc = TrainConfig(**{name: getattr(args, name) for name in names})
+    values = {name: getattr(args, name) for name in names}
+    for name in ("trace_samples", "storage_path"):  # the workers' cwd is not the driver's
+        if values[name] and "://" not in values[name]:
+            values[name] = os.path.abspath(os.path.expanduser(values[name]))
+    tc = TrainConfig(**values)
     return tc, train, val
 
 
