@@ -133,6 +133,9 @@ class Decision:
     reason: str
     action: Action = "hold"
     """up | down | hold | echo_up | echo_down | wait (nothing measured yet)."""
+    wanted_nodes: int | None = None
+    """Nodes the run would take if `max_nodes` were not in the way (cost still limits them);
+    None: the same as `target_nodes`. What a run bids for at a shared pool's arbiter."""
 
 
 @dataclass(frozen=True)
@@ -228,6 +231,8 @@ class _Now:
     want: int
     limit: str | None
     facts: str
+    uncapped: int
+    """The nodes worth their cost with no max_nodes."""
 
     @property
     def coming(self) -> int:
@@ -250,7 +255,8 @@ def _out(cfg: PolicyConfig, now: _Now, target: int | None, factor: float, action
     """A decision (target None: hold what is coming, within the bounds) and the next state."""
     if target is None:
         target = max(cfg.min_nodes, min(cfg.max_nodes, now.coming))
-    return Decision(target, factor, why, action), replace(now.state, **changes)
+    wanted = max(target, now.uncapped) if now.limit == "max_nodes" else None
+    return Decision(target, factor, why, action, wanted), replace(now.state, **changes)
 
 
 def _noise(cfg: PolicyConfig, state: PolicyState) -> float:
@@ -346,7 +352,8 @@ def _estimate(cfg: PolicyConfig, state: PolicyState, obs: Observation, node_rate
              else "cost" if worth < need else None)
     facts = (f"demand {demand:.0f}/s, {node_rate:.0f}/s per node, {obs.pool_nodes} ready + "
              f"{obs.pending_nodes} pending, need {need}")
-    return _Now(obs, state, demand, node_rate, need, want, limit, facts)
+    return _Now(obs, state, demand, node_rate, need, want, limit, facts,
+                max(cfg.min_nodes, worth))
 
 
 def decide(cfg: PolicyConfig, state: PolicyState, obs: Observation) -> Out:
