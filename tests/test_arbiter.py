@@ -54,6 +54,9 @@ def test_the_last_node_of_a_run_is_worth_only_the_shortfall_it_covers():
                  ArbiterConfig(max_nodes=5))
     assert (a.shares["a"].nodes, a.shares["b"].nodes) == (3, 2)
     a = allocate([bid("a", 4, demand=9_600.0), bid("b", 10, demand=30_000.0)],
+                 ArbiterConfig(max_nodes=4))
+    assert (a.shares["a"].nodes, a.shares["b"].nodes) == (3, 1)  # not an even 2 + 2
+    a = allocate([bid("a", 4, demand=9_600.0), bid("b", 10, demand=30_000.0)],
                  ArbiterConfig(max_nodes=6))
     assert (a.shares["a"].nodes, a.shares["b"].nodes) == (3, 3)
 
