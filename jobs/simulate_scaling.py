@@ -13,6 +13,7 @@ oracle and feedline with the pool arbiter. Every seed of the measurement noise i
                            oracle_cpu_node_hours, total_cost, job_hours, reversals_per_hour
                            (the worst of the seeds in every column; shared-*: summed over jobs)
     DIR/summary_seeds.csv  the same with a seed column, one row per seed
+    DIR/summary.md         the worst-of-seeds tables as docs/scaling.md shows them
     DIR/<scenario>.png     pool size, GPU stall and echo factor over time (seed 0)
 
 then feedline's targets are checked on every scenario and seed (cluster.pool.report). Exit
@@ -28,7 +29,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cluster.pool.report import COLUMNS, check, rows, worst  # noqa: E402
+from cluster.pool.report import COLUMNS, check, markdown, rows, worst  # noqa: E402
 from cluster.pool.simulate import POLICIES, SCENARIOS, Result, simulate  # noqa: E402
 from cluster.pool.simulate_shared import (  # noqa: E402
     SHARED_POLICIES,
@@ -112,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     table = worst(per_seed)
     write_csv(os.path.join(args.out, "summary.csv"), table, COLUMNS)
     write_csv(os.path.join(args.out, "summary_seeds.csv"), per_seed, ("seed", *COLUMNS))
+    with open(os.path.join(args.out, "summary.md"), "w") as f:
+        f.write(markdown(table))
     widths = {c: max(len(c), *(len(str(r[c])) for r in table)) for c in COLUMNS}
     print("  ".join(c.ljust(widths[c]) for c in COLUMNS))
     for r in table:
@@ -120,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         plot([r for seed, r in results if seed == 0], args.out)
     misses = check(results)
     print(f"\nworst of {max(1, args.seeds)} seed(s); wrote {args.out}/summary.csv, "
-          f"summary_seeds.csv" + ("" if args.no_plots else " and one plot per scenario"))
+          f"summary_seeds.csv, summary.md"
+          + ("" if args.no_plots else " and one plot per scenario"))
     print("feedline targets: " + ("all met" if not misses else "MISSED\n  " + "\n  ".join(misses)))
     return 1 if misses else 0
 

@@ -92,7 +92,8 @@ def test_scaler_asks_for_nodes_then_echoes_at_the_max(ray_cluster):
     source = ControllerFactor(ctl, initial=1.0, refresh_s=0.1)
     ray.get(scaler.decisions.remote())  # constructed: registered with the arbiter it started
     arbiter = ray.get_actor(arbiter_name("preprocess_cpu"), namespace="feedline-test-scaler")
-    assert ray.get(arbiter.runs.remote()) == ["t-scaler"]
+    (key,) = ray.get(arbiter.runs.remote())
+    assert key.startswith("t-scaler/")  # the run's label and its Ray job
 
     def decided(action):
         return lambda: any(d["action"] == action for d in ray.get(scaler.decisions.remote()))
@@ -105,7 +106,7 @@ def test_scaler_asks_for_nodes_then_echoes_at_the_max(ray_cluster):
         assert "stall" in ups[0]["reason"] and ups[0]["pending"] == 0
         assert ups[0]["share_nodes"] == 3 and not ups[0]["short"]  # the arbiter's answer
         state = ray.get(arbiter.state.remote())
-        assert state["runs"] == ["t-scaler"] and state["requests"][-1][1] == 3
+        assert state["runs"] == [key] and state["requests"][-1][1] == 3
         # No autoscaler here: the asked-for nodes never come. Pending for node_start_timeout_s,
         # then the pool counts as at its limit and the echo fallback takes over.
         _feed(ctl, pool_rate=100, train_rows=200, wait_s=3.0, until=decided("echo_up"))

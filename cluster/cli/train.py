@@ -79,6 +79,7 @@ def _scaling_flags(p: argparse.ArgumentParser) -> None:
              help="price of one pool node")
     add_flag(s, "--pool-interval-s", ScalerConfig, "interval_s")
     add_flag(s, "--pool-arbiter-namespace", ScalerConfig, "arbiter_namespace")
+    add_flag(s, "--pool-quota-nodes", ScalerConfig, "pool_quota_nodes", type=int)
     add_flag(s, "--pool-lease-s", ScalerConfig, "lease_s")
 
 
@@ -166,7 +167,8 @@ def scaling_config(args: argparse.Namespace):
             gpu_cost_per_hour=args.gpu_cost_per_hour, target_stall=args.target_stall,
             echo_max=args.max_factor),
         pool_resource=args.pool_resource, interval_s=args.interval_s,
-        arbiter_namespace=args.arbiter_namespace, lease_s=args.lease_s)
+        arbiter_namespace=args.arbiter_namespace, lease_s=args.lease_s,
+        pool_quota_nodes=args.pool_quota_nodes)
 
 
 def configs(args: argparse.Namespace) -> tuple[TrainConfig, PipelineConfig, PipelineConfig | None]:

@@ -22,6 +22,7 @@ No I/O, no clock reads: the arbiter actor (`cluster.pool.arbiter`) holds the sta
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass
 
 __all__ = ["ArbiterConfig", "Bid", "Share", "Allocation", "allocate", "expire", "ready_share"]
@@ -150,4 +151,4 @@ def ready_share(ready_total: int, share: int | None, pool_total: int) -> int:
     its share of them in proportion (the runs' actor pools fill the nodes between them)."""
     if share is None or pool_total <= 0:
         return ready_total
-    return min(ready_total, round(ready_total * share / pool_total))
+    return min(ready_total, math.floor(ready_total * share / pool_total + 0.5))

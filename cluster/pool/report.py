@@ -76,3 +76,31 @@ def check(results: list[tuple[int, Result]]) -> list[str]:
         by = {r.policy: r for s, r in results if s == seed and r.scenario == name}
         misses += _misses_one(name, by, seed)
     return misses
+
+
+def markdown(table: list[dict]) -> str:
+    """The worst-of-seeds table as Markdown, one row per scenario, one cell per policy:
+    total cost · GPU stall · CPU node-hours, then feedline's node-hours ÷ the oracle's and its
+    reversals an hour (and the oracle's)."""
+    out = []
+    for shared in (False, True):
+        names = [n for n in dict.fromkeys(r["scenario"] for r in table)
+                 if (n in SHARED_SCENARIOS) == shared]
+        if not names:
+            continue
+        policies = list(dict.fromkeys(r["policy"] for r in table if r["scenario"] in names))
+        out.append("| scenario | " + " | ".join(policies) + " | feedline node-h ÷ oracle | "
+                   "feedline (oracle) reversals/h |")
+        out.append("|---" * (len(policies) + 3) + "|")
+        for name in names:
+            by = {r["policy"]: r for r in table if r["scenario"] == name}
+            cells = [f"${by[p]['total_cost']:,.0f} · {100 * by[p]['gpu_stall_fraction']:.1f} % "
+                     f"· {by[p]['cpu_node_hours']:,.0f} nh" for p in policies]
+            cells = [f"**{c}**" if p == "feedline" else c for p, c in zip(policies, cells,
+                                                                          strict=True)]
+            f, o = by["feedline"], by["oracle"]
+            out.append(f"| {name} | " + " | ".join(cells) + f" | "
+                       f"{f['cpu_node_hours'] / o['cpu_node_hours']:.2f} | "
+                       f"{f['reversals_per_hour']:.2f} ({o['reversals_per_hour']:.2f}) |")
+        out.append("")
+    return "\n".join(out)

@@ -64,13 +64,18 @@ class ScalerConfig:
     arbiter_namespace: str = ARBITER_NAMESPACE
     """Ray namespace of the cluster-wide pool arbiter the run bids to (one arbiter per cluster
     and namespace: runs that share a pool must name the same one)."""
+    pool_quota_nodes: int | None = None
+    """The shared pool's max for every run together (the cpu-pool group's maxReplicas; None:
+    this run's max_nodes); set by the run that starts the arbiter."""
     lease_s: float = ArbiterConfig.lease_s
     """The arbiter forgets a run that has not bid for this long (its driver was killed); set by
     the run that starts the arbiter."""
 
     def arbiter_config(self) -> ArbiterConfig:
         """The arbiter's config when this run is the one that starts it."""
-        return ArbiterConfig(max_nodes=self.policy.max_nodes, min_nodes=self.policy.min_nodes,
+        quota = self.policy.max_nodes if self.pool_quota_nodes is None else self.pool_quota_nodes
+        return ArbiterConfig(max_nodes=max(quota, self.policy.min_nodes),
+                             min_nodes=self.policy.min_nodes,
                              lease_s=self.lease_s,
                              resend_s=min(ArbiterConfig.resend_s, self.interval_s))
 
@@ -99,11 +104,15 @@ class PoolScaler:
         self.echo = 1.0
         self.limit_since: float | None = None
         self.share: Share | None = None
+        self.stall_measured = False
         self.pool_total = 0
         self.log: list[dict] = []
+        # Two runs may carry the same label (one made from the clock, to the second): the
+        # arbiter knows each by label and Ray job.
+        self.key = f"{run}/{ray.get_runtime_context().get_job_id()}"
         self.arbiter = get_arbiter(cfg.arbiter_config(), cfg.pool_resource,
                                    cfg.policy.cpus_per_node, cfg.arbiter_namespace)
-        ray.get(self.arbiter.register.remote(run), timeout=60)
+        ray.get(self.arbiter.register.remote(self.key), timeout=60)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="feedline-scaler", daemon=True)
         self._thread.start()
@@ -128,6 +137,7 @@ class PoolScaler:
             self.limit_since = None
             self.policy.config = self._own_config()
         stall = seen["stall"]
+        self.stall_measured = stall is not None
         if stall is None:
             # No step has finished yet: with no pool node the GPUs can only be waiting.
             stall = 1.0 if ready == 0 and now - self.started > self.cfg.interval_s else 0.0
@@ -147,7 +157,7 @@ class PoolScaler:
     def _bid(self, obs: Observation, d: Decision) -> Share:
         """Send the run's want to the arbiter; plan with the share it gives back."""
         rate = self.policy.state.node_rate
-        bid = Bid(run=self.run, wanted_nodes=d.wanted_nodes or d.target_nodes,
+        bid = Bid(run=self.key, wanted_nodes=d.wanted_nodes or d.target_nodes,
                   gpus=self.cfg.policy.gpus, gpu_cost_per_hour=self.cfg.policy.gpu_cost_per_hour,
                   demand=obs.consume_rate, node_rate=rate, stall_fraction=obs.stall_fraction,
                   max_nodes=self.cfg.policy.max_nodes)
@@ -169,8 +179,9 @@ class PoolScaler:
         entry = {"t_s": round(obs.now_s, 1), "action": d.action, "target_nodes": d.target_nodes,
                  "ready": obs.pool_nodes, "pending": obs.pending_nodes,
                  "stall": round(obs.stall_fraction, 3), "echo": d.echo_factor,
-                 "reason": d.reason, "share_nodes": nodes, "short": share.short,
-                 "pool_nodes": self.pool_total, "share_reason": share.reason}
+                 "stall_measured": self.stall_measured, "reason": d.reason,
+                 "share_nodes": nodes, "short": share.short, "pool_nodes": self.pool_total,
+                 "share_reason": share.reason}
         self.log.append(entry)
         if d.action not in ("hold", "wait") or (self.log[-2:-1] and
                                                 self.log[-2]["share_nodes"] != nodes):
@@ -195,7 +206,7 @@ class PoolScaler:
         pool's request falls to their sum, or min_nodes; idle pool nodes then go)."""
         self._stop.set()
         self._thread.join(timeout=self.cfg.interval_s + 30)
-        self.pool_total = ray.get(self.arbiter.leave.remote(self.run), timeout=60)
+        self.pool_total = ray.get(self.arbiter.leave.remote(self.key), timeout=60)
         self.metrics.observe(self.cfg.policy.min_nodes, pool_nodes(self.cfg.pool_resource), 0,
                              None, 0)
 
