@@ -151,9 +151,10 @@ class PolicyState:
     """The lowest per-node estimate and the highest demand seen since then."""
     stall_since_s: float | None = None
     """Since when stall has persisted with no node coming."""
-    rate_noise: float = 0.0
-    """Smoothed relative deviation of the per-node rate samples from the estimate."""
-    demand_noise: float = 0.0
+    rate_noise: float | None = None
+    """Smoothed relative deviation of the per-node rate samples from the estimate (None: not
+    two samples yet; the first deviation seen stands for it until more come)."""
+    demand_noise: float | None = None
     """Smoothed relative deviation of the demand readings from their smoothed value."""
     demand_avg: float | None = None
     demand_at_s: float | None = None
@@ -177,8 +178,12 @@ def _measure_node_rate(cfg: PolicyConfig, state: PolicyState, obs: Observation) 
     wn = _weight(cfg.noise_window_s, obs.now_s - state.rate_at_s)
     spread = abs(sample / state.node_rate - 1)
     return replace(state, node_rate=state.node_rate + w * (sample - state.node_rate),
-                   rate_at_s=obs.now_s,
-                   rate_noise=state.rate_noise + wn * (spread - state.rate_noise))
+                   rate_at_s=obs.now_s, rate_noise=_average(state.rate_noise, spread, wn))
+
+
+def _average(old: float | None, sample: float, weight: float) -> float:
+    """An exponential average that starts at its first sample."""
+    return sample if old is None else old + weight * (sample - old)
 
 
 def _weight(time_constant_s: float, dt: float) -> float:
@@ -195,8 +200,7 @@ def _measure_demand(cfg: PolicyConfig, state: PolicyState, obs: Observation) -> 
     w = _weight(cfg.noise_window_s, obs.now_s - state.demand_at_s)
     spread = abs(obs.consume_rate / state.demand_avg - 1)
     return replace(state, demand_avg=state.demand_avg + w * (obs.consume_rate - state.demand_avg),
-                   demand_at_s=obs.now_s,
-                   demand_noise=state.demand_noise + w * (spread - state.demand_noise))
+                   demand_at_s=obs.now_s, demand_noise=_average(state.demand_noise, spread, w))
 
 
 def _nodes_worth(cfg: PolicyConfig, demand: float, node_rate: float, want: int) -> int:
@@ -263,7 +267,8 @@ def _noise(cfg: PolicyConfig, state: PolicyState) -> float:
     """How much the down path's dead band widens beyond `headroom + down_margin`: enough to
     cover the measured relative spread of the per-node rate and demand readings, so a reading
     one noise-width high never looks like spare capacity."""
-    return max(0.0, state.rate_noise + state.demand_noise - cfg.headroom - cfg.down_margin)
+    spread = (state.rate_noise or 0.0) + (state.demand_noise or 0.0)
+    return max(0.0, spread - cfg.headroom - cfg.down_margin)
 
 
 def _with_echo(cfg: PolicyConfig, now: _Now) -> Out:
