@@ -156,11 +156,13 @@ class PoolScaler:
 
     def _bid(self, obs: Observation, d: Decision) -> Share:
         """Send the run's want to the arbiter; plan with the share it gives back."""
-        rate = self.policy.state.node_rate
+        # The policy's smoothed estimates, not this window's readings: noisy bids would move
+        # nodes between runs every interval.
+        rate, demand = self.policy.state.node_rate, self.policy.state.demand_avg
         bid = Bid(run=self.key, wanted_nodes=d.wanted_nodes or d.target_nodes,
                   gpus=self.cfg.policy.gpus, gpu_cost_per_hour=self.cfg.policy.gpu_cost_per_hour,
-                  demand=obs.consume_rate, node_rate=rate, stall_fraction=obs.stall_fraction,
-                  max_nodes=self.cfg.policy.max_nodes)
+                  demand=demand or obs.consume_rate, node_rate=rate,
+                  stall_fraction=obs.stall_fraction, max_nodes=self.cfg.policy.max_nodes)
         self.share, self.pool_total = ray.get(self.arbiter.bid.remote(bid), timeout=30)
         if self.limit_since is None:
             self.policy.config = self._own_config()

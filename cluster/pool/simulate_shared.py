@@ -252,8 +252,8 @@ class Arbitrated(_PerJob):
             echo[s.job.name] = d.echo_factor
             bids.append(Bid(run=s.job.name, wanted_nodes=d.wanted_nodes or d.target_nodes,
                             gpus=s.job.gpus, gpu_cost_per_hour=s.job.gpu_cost_per_hour,
-                            demand=s.consume, node_rate=p.state.node_rate,
-                            stall_fraction=s.stall))
+                            demand=p.state.demand_avg or s.consume,
+                            node_rate=p.state.node_rate, stall_fraction=s.stall))
         alloc = allocate(bids, self.cfg)
         self.shares = {r: (sh.nodes, sh.short) for r, sh in alloc.shares.items()}
         return alloc.total_nodes, {r: sh.nodes for r, sh in alloc.shares.items()}, echo
