@@ -107,6 +107,13 @@ def test_scaler_asks_for_nodes_then_echoes_at_the_max(ray_cluster):
         assert ups[0]["share_nodes"] == 3 and not ups[0]["short"]  # the arbiter's answer
         state = ray.get(arbiter.state.remote())
         assert state["runs"] == [key] and state["requests"][-1][1] == 3
+        # The arbiter dies: the scaler's next bid starts a new one and registers there.
+        ray.kill(arbiter)
+        n = len(ray.get(scaler.decisions.remote()))
+        _feed(ctl, pool_rate=100, train_rows=200, wait_s=3.0,
+              until=lambda: len(ray.get(scaler.decisions.remote())) >= n + 2)
+        arbiter = ray.get_actor(arbiter_name("preprocess_cpu"), namespace="feedline-test-scaler")
+        assert ray.get(arbiter.runs.remote()) == [key]
         # No autoscaler here: the asked-for nodes never come. Pending for node_start_timeout_s,
         # then the pool counts as at its limit and the echo fallback takes over.
         _feed(ctl, pool_rate=100, train_rows=200, wait_s=3.0, until=decided("echo_up"))

@@ -110,12 +110,17 @@ class PoolScaler:
         # Two runs may carry the same label (one made from the clock, to the second): the
         # arbiter knows each by label and Ray job.
         self.key = f"{run}/{ray.get_runtime_context().get_job_id()}"
-        self.arbiter = get_arbiter(cfg.arbiter_config(), cfg.pool_resource,
-                                   cfg.policy.cpus_per_node, cfg.arbiter_namespace)
-        ray.get(self.arbiter.register.remote(self.key), timeout=60)
+        self.arbiter = self._join_arbiter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="feedline-scaler", daemon=True)
         self._thread.start()
+
+    def _join_arbiter(self) -> ray.actor.ActorHandle:
+        """The cluster's arbiter (started if there is none), with this run registered."""
+        arbiter = get_arbiter(self.cfg.arbiter_config(), self.cfg.pool_resource,
+                              self.cfg.policy.cpus_per_node, self.cfg.arbiter_namespace)
+        ray.get(arbiter.register.remote(self.key), timeout=60)
+        return arbiter
 
     def _observe(self) -> Observation:
         seen = ray.get(self.rates.observe.remote(self.cfg.interval_s), timeout=30)
@@ -163,7 +168,13 @@ class PoolScaler:
                   gpus=self.cfg.policy.gpus, gpu_cost_per_hour=self.cfg.policy.gpu_cost_per_hour,
                   demand=demand or obs.consume_rate, node_rate=rate,
                   stall_fraction=obs.stall_fraction, max_nodes=self.cfg.policy.max_nodes)
-        self.share, self.pool_total = ray.get(self.arbiter.bid.remote(bid), timeout=30)
+        try:
+            self.share, self.pool_total = ray.get(self.arbiter.bid.remote(bid), timeout=30)
+        except ray.exceptions.RayActorError:
+            # The arbiter died (killed, or its node lost): the next bid starts a new one.
+            log.warning("%s: the pool arbiter is gone: starting or joining a new one", self.run)
+            self.arbiter = self._join_arbiter()
+            self.share, self.pool_total = ray.get(self.arbiter.bid.remote(bid), timeout=30)
         if self.limit_since is None:
             self.policy.config = self._own_config()
         return self.share
