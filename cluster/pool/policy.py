@@ -20,9 +20,10 @@ It acts on what the GPUs measure, not on queued work:
   throughput recovers is worth more than it costs: `gpus x gpu_cost x min(node rate, shortfall)
   / demand >= cpu_node_cost`.
 - **Down**, with hysteresis and a cool-down: only when the pool's capacity exceeds the demand by
-  more than `down_margin` on top of the headroom (and at least a node), without stall, for
-  `down_after_s` in a row, and not within `cooldown_s` of the last scale-up; then straight to
-  the sized count.
+  more than `down_margin` on top of the headroom, and by more than the readings' measured noise
+  (the relative spread of the per-node rate and demand readings: the dead band widens to it),
+  and at least a node, without stall, for `down_after_s` in a row, and not within `cooldown_s`
+  of the last scale-up; then straight to the sized count.
 - **Echo fallback**: when no more nodes will come (the pool is at `max_nodes` or at the last
   node worth its cost, none pending) and the stall persists for `echo_after_s`, the echo factor
   rises to consume / capacity (at most `echo_max`); it follows the capacity down as headroom
@@ -32,7 +33,8 @@ It acts on what the GPUs measure, not on queued work:
 Every decision says why (`reason`, for people; `action`, a short label for metrics). No I/O, no
 clock reads, no randomness: the same observations give the same decisions. The state between
 decisions is an explicit frozen `PolicyState`; `PoolPolicy` only holds it. `cluster.pool.scaler`
-applies decisions to Ray; `cluster.pool.simulate` runs this same code at 1,024-GPU scale.
+applies decisions to Ray (through the cluster's pool arbiter: `Decision.wanted_nodes` is the
+run's bid); `cluster.pool.simulate` runs this same code at 1,024-GPU scale.
 """
 
 from __future__ import annotations
