@@ -163,7 +163,9 @@ def test_rayjob_entrypoint_parses_and_matches_the_cluster(rendered):
     pool = groups["cpu-pool"]
     declared = json.loads(json.loads(pool["rayStartParams"]["resources"]))
     assert args.cpus_per_node == declared[args.pool_resource]
-    assert args.max_nodes == pool["maxReplicas"]
+    # The pool's quota (the arbiter's max for every job together) is the group's maxReplicas.
+    assert args.pool_quota_nodes == pool["maxReplicas"]
+    assert args.max_nodes <= pool["maxReplicas"]
     trainers = groups["gpu" if overlay == "gpu" else "cpu-train"]
     per_pod = int(trainers["rayStartParams"]["num-cpus"]) // max(1, int(args.cpus_per_worker))
     if args.use_gpu:

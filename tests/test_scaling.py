@@ -211,3 +211,22 @@ def test_first_node_without_any_measurement():
 def test_bad_config_is_refused_by_name(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PolicyConfig(**kwargs)
+
+
+def test_the_dead_band_widens_to_the_measured_noise():
+    # 14 nodes x 100/s. Demand read steadily at 1,200/s: 17% ahead, beyond headroom + margin
+    # (10%) and a node to spare: it shrinks. Read as 800 / 1,200 alternately (a +-20% spread,
+    # the same highest reading): the band widens to the spread and the pool holds.
+    def run(demands):
+        p, downs, last = PoolPolicy(CFG), [], None
+        for i, t in enumerate(range(0, 3600, 30)):
+            want = demands[i % len(demands)]
+            last = p.decide(obs(t, 0.0, want, want, 14, busy=want / 1400))
+            downs += [last] if last.action == "down" else []
+        return downs, last, p.state
+
+    downs, _, state = run([1200.0])
+    assert downs and downs[0].target_nodes == 13 and state.demand_noise < 0.01
+    downs, last, state = run([800.0, 1200.0])
+    assert not downs and state.demand_noise > 0.15
+    assert last.target_nodes == 14 and "dead band" in last.reason

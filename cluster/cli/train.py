@@ -66,8 +66,9 @@ def _scaling_flags(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("pool scaling (feedline's policy for the dedicated CPU pool)")
     s.add_argument("--pool-policy", choices=["none", "feedline"], default="none",
                    help="feedline: size the pool from measured GPU stall and cost every "
-                        "--pool-interval-s (ray.autoscaler.sdk.request_resources for pool "
-                        "nodes), and echo up to --echo-max when it is at --pool-max-nodes; "
+                        "--pool-interval-s, bidding for pool nodes to the cluster's pool "
+                        "arbiter (one request_resources for every run), and echo up to "
+                        "--echo-max when it is at --pool-max-nodes or its share; "
                         "none: the pool is what the cluster has (and Ray Data's demand)")
     add_flag(s, "--pool-min-nodes", PolicyConfig, "min_nodes")
     add_flag(s, "--pool-max-nodes", PolicyConfig, "max_nodes")
@@ -78,6 +79,9 @@ def _scaling_flags(p: argparse.ArgumentParser) -> None:
     add_flag(s, "--node-cost-per-hour", PolicyConfig, "cpu_node_cost_per_hour",
              help="price of one pool node")
     add_flag(s, "--pool-interval-s", ScalerConfig, "interval_s")
+    add_flag(s, "--pool-arbiter-namespace", ScalerConfig, "arbiter_namespace")
+    add_flag(s, "--pool-quota-nodes", ScalerConfig, "pool_quota_nodes", type=int)
+    add_flag(s, "--pool-lease-s", ScalerConfig, "lease_s")
 
 
 def _train_flags(p: argparse.ArgumentParser) -> None:
@@ -164,7 +168,9 @@ def scaling_config(args: argparse.Namespace):
             cpu_node_cost_per_hour=args.cpu_node_cost_per_hour,
             gpu_cost_per_hour=args.gpu_cost_per_hour, target_stall=args.target_stall,
             echo_max=args.max_factor),
-        pool_resource=args.pool_resource, interval_s=args.interval_s)
+        pool_resource=args.pool_resource, interval_s=args.interval_s,
+        arbiter_namespace=args.arbiter_namespace, lease_s=args.lease_s,
+        pool_quota_nodes=args.pool_quota_nodes)
 
 
 def configs(args: argparse.Namespace) -> tuple[TrainConfig, PipelineConfig, PipelineConfig | None]:

@@ -15,8 +15,8 @@ from collections import deque
 __all__ = [
     "DATA_WAIT", "H2D", "COMPUTE", "STEP", "STALL_FRACTION", "EXAMPLES", "PREPROCESS_IMAGES",
     "PREPROCESS_BUSY", "BAD_RECORDS", "ECHO_FACTOR", "POOL_TARGET_NODES", "POOL_NODES",
-    "POOL_DECISIONS", "METRICS", "exported", "StepMetrics", "PoolMetrics", "EchoMetrics",
-    "ScalerMetrics", "SECONDS_BUCKETS", "StallWindow",
+    "POOL_DECISIONS", "POOL_SHARE_NODES", "METRICS", "exported", "StepMetrics", "PoolMetrics",
+    "EchoMetrics", "ScalerMetrics", "SECONDS_BUCKETS", "StallWindow",
 ]
 
 # name -> (type, labels, meaning). Ray adds its own labels (SessionName, NodeAddress, ...).
@@ -33,6 +33,7 @@ ECHO_FACTOR = "feedline_echo_factor"
 POOL_TARGET_NODES = "feedline_pool_target_nodes"
 POOL_NODES = "feedline_pool_nodes"
 POOL_DECISIONS = "feedline_pool_decisions"
+POOL_SHARE_NODES = "feedline_pool_share_nodes"
 
 METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     DATA_WAIT: ("histogram", ("run", "rank"),
@@ -63,6 +64,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
                  "declaring the pool resource) or pending (asked for, not ready yet)."),
     POOL_DECISIONS: ("counter", ("run", "action"), "Pool policy decisions by action: up, down, "
                      "hold, echo_up, echo_down, wait."),
+    POOL_SHARE_NODES: ("gauge", ("run",), "Pool nodes the cluster-wide pool arbiter gives the "
+                       "run: its want, or less when the pool's max binds (then it echoes)."),
 }
 
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -173,9 +176,13 @@ class ScalerMetrics:
         self._target = _make(POOL_TARGET_NODES, run=run)
         self._nodes = _make(POOL_NODES, run=run)
         self._decisions = _make(POOL_DECISIONS, run=run)
+        self._share = _make(POOL_SHARE_NODES, run=run)
 
-    def observe(self, target: int, ready: int, pending: int, action: str | None) -> None:
+    def observe(self, target: int, ready: int, pending: int, action: str | None,
+                share: int | None = None) -> None:
         self._target.set(target)
+        if share is not None:
+            self._share.set(share)
         self._nodes.set(ready, tags={"state": "ready"})
         self._nodes.set(pending, tags={"state": "pending"})
         if action is not None:

@@ -58,7 +58,7 @@ class Scenario:
     cpus_per_node: int = 16
     min_nodes: int = 0
     max_nodes: int
-    startup_s: float = 180.0
+    startup_s: float = 150.0
     """Seconds from asking for a node to its actors producing."""
     hours: float = 6.0
     """Job length at full speed (sets `job_examples`)."""
@@ -67,7 +67,7 @@ class Scenario:
     echo_max: float = 4.0
     echo_value: float = 0.5
     changes: tuple[Change, ...] = ()
-    noise: float = 0.05
+    noise: float = 0.10
     """Relative noise of every measurement a policy sees (uniform, seeded)."""
     interval_s: float = 30.0
     """Seconds between two decisions of every policy."""
@@ -86,10 +86,32 @@ class Scenario:
         return min(self.max_nodes, math.ceil(self.consume / self.node_rate - 1e-9))
 
 
+def _ramp(start_h: float, end_h: float, frm: float, to: float, steps: int = 24
+          ) -> tuple[Change, ...]:
+    """A slow linear drift of the per-node throughput from `frm` to `to`, in small steps."""
+    span = (end_h - start_h) * HOUR
+    return tuple(Change(start_h * HOUR + span * (i + 1) / steps,
+                        node_rate_factor=frm + (to - frm) * (i + 1) / steps)
+                 for i in range(steps))
+
+
 def _scenarios() -> tuple[Scenario, ...]:
     out = []
     for gpus, max_nodes in ((64, 80), (1024, 1280)):
         out += [
+            Scenario(name=f"constant-{gpus}", gpus=gpus, max_nodes=max_nodes,
+                     description="nothing changes: the best pool size is constant"),
+            Scenario(name=f"slow-drift-{gpus}", gpus=gpus, max_nodes=max_nodes,
+                     description="per-node throughput drifts down 25% over hours 1-4, then "
+                                 "back up over hours 4-6",
+                     changes=_ramp(1, 4, 1.0, 0.75) + _ramp(4, 6, 0.75, 1.0, steps=16)),
+            Scenario(name=f"step-down-{gpus}", gpus=gpus, max_nodes=max_nodes,
+                     description="per-node throughput steps down 30% at hour 2 and stays",
+                     changes=(Change(2 * HOUR, node_rate_factor=0.7),)),
+            Scenario(name=f"step-up-{gpus}", gpus=gpus, max_nodes=max_nodes,
+                     description="per-node throughput steps up 40% at hour 2 (lighter "
+                                 "augmentation) and stays",
+                     changes=(Change(2 * HOUR, node_rate_factor=1.4),)),
             Scenario(name=f"heavier-augmentation-{gpus}", gpus=gpus, max_nodes=max_nodes,
                      description="augmentation 1.7x costlier from hour 2 to hour 4",
                      changes=(Change(2 * HOUR, node_rate_factor=0.6),
