@@ -107,6 +107,7 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     add_flag(o, "--max-failures", TrainConfig, "max_failures")
     add_flag(o, "--train-log-level", TrainConfig, "train_log_level",
              choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_flag(o, "--report", TrainConfig, "report_dir", metavar="DIR")
     o.add_argument("--summary-json", default=None, help="write the run summary here as JSON")
     o.add_argument("--timeline", default=None, metavar="DIR",
                    help="write DIR/timeline.json (Chrome trace: Perfetto, chrome://tracing) and "
@@ -188,7 +189,7 @@ def configs(args: argparse.Namespace) -> tuple[TrainConfig, PipelineConfig, Pipe
              "use_gpu", "amp", "channels_last", "cpus_per_worker", "prefetch_batches",
              "shuffle_buffer_rows", "storage_path", "run_name", "checkpoint_every",
              "max_failures", "seed", "target_accuracy", "val_every_rows", "train_log_level",
-             "checkpoint_every_steps", "preemption_check_steps", "trace_samples")
+             "checkpoint_every_steps", "preemption_check_steps", "trace_samples", "report_dir")
     tc = TrainConfig(**{name: getattr(args, name) for name in names})
     return tc, train, val
 
@@ -236,3 +237,5 @@ def print_summary(s) -> None:
         print(f"  checkpoint           {s.checkpoint}")
     if s.timeline:
         print(f"  timeline             {s.timeline}/timeline.json, {s.timeline}/timeline.png")
+    if s.report:
+        print(f"  report               {s.report}")
