@@ -97,6 +97,9 @@ def test_idle_pool_with_waiting_trainers_points_between_them():
 
 def test_compute_bound_run_gives_back_pool_cores_and_echo():
     f = fig(wait_fraction=0.02, pool_busy=0.38, echo_factor=1.5)
+    assert advise(fig(wait_fraction=0.02, pool_busy=0.1), CFG, {})[0].endswith(
+        "`--pool-max 1` would do (3 pool cores fewer).")
+    assert "(1 pool core fewer)" in advise(fig(wait_fraction=0.02, pool_busy=0.5), CFG, {})[0]
     lines = advise(f, CFG, {})
     assert lines[0] == "compute-bound: the pool is 38% busy, `--pool-max 2` would do (2 pool " \
                        "cores fewer)."

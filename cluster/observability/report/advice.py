@@ -27,6 +27,10 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
 
+def _cores(n: int) -> str:
+    return f"{n} pool core{'s' if n != 1 else ''}"
+
+
 def read_rate(mb_s: float) -> str:
     """A read speed in MB/s (kB/s under 1 MB/s)."""
     return f"{mb_s:,.1f} MB/s" if mb_s >= 1 else f"{1000 * mb_s:,.1f} kB/s"
@@ -71,7 +75,7 @@ def _input_bound(f: Figures, config: dict) -> list[str]:
                 f"`--pool-max {pool_max}` already allows them")
         out.append(f"the pool makes {_n(f.pool_rate)} img/s with {f.actors} actors at "
                    f"{_pct(f.pool_busy)} busy, the trainers would take {_n(f.trainer_demand)} "
-                   f"img/s: add {need - f.actors} pool cores ({flag})"
+                   f"img/s: add {_cores(need - f.actors)} ({flag})"
                    + _echo_clause(f, config) + ".")
     elif f.pool_busy < FULL and read < STORE_SHARE:
         ran = (f"only {f.actors} of `--pool-max {pool_max}` actors ran, and "
@@ -96,7 +100,7 @@ def _compute_bound(f: Figures, config: dict) -> list[str]:
     need = max(1, math.ceil(f.actors * f.pool_busy / FULL - 1e-9)) if f.actors else None
     if need is not None and need < pool_max:
         out.append(f"compute-bound: the pool is {_pct(f.pool_busy)} busy, `--pool-max {need}` "
-                   f"would do ({pool_max - need} pool cores fewer).")
+                   f"would do ({_cores(pool_max - need)} fewer).")
     else:
         out.append(f"compute-bound: the model's step sets the pace ({_pct(f.compute_fraction)} "
                    f"of step time is h2d + compute); the pool ({f.actors} actors, "

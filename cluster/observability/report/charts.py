@@ -136,7 +136,7 @@ def control(facts: RunFacts) -> str | None:
         end = max([c[0] for c in changes] + [d["t_s"] for d in decisions if "t_s" in d])
         xs = [c[0] for c in changes] + [end]
         ys = [c[1] for c in changes] + [changes[-1][1]]
-        ax.step(xs, ys, where="post", color=COLORS["echoed"], linewidth=2,
+        ax.step(xs, ys, where="post", color=COLORS["augment"], linewidth=2,
                 label="echo factor")
     ax.set_ylabel("echo factor")
     ax.set_ylim(bottom=0.9)

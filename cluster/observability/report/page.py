@@ -31,13 +31,18 @@ img{max-width:100%;height:auto;display:block;margin:6px 0}
 table{border-collapse:collapse;width:100%;table-layout:fixed;font-size:13px}
 td,th{border-bottom:1px solid #eee;padding:3px 6px;text-align:left;vertical-align:top}
 code{background:#f3f3f3;padding:0 3px;border-radius:3px;font-size:13px}
+code.nw{white-space:nowrap}
 .note{color:#555;font-size:13px}
 """
 
 
 def _text(s: str) -> str:
     """Escaped text, `backticks` as code."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(s))
+    def code(m: re.Match) -> str:  # short code (flags) never breaks across lines
+        return (f'<code class="nw">{m.group(1)}</code>' if len(m.group(1)) <= 40
+                else f"<code>{m.group(1)}</code>")
+
+    return re.sub(r"`([^`]+)`", code, html.escape(s))
 
 
 def _img(uri: str | None, alt: str, missing: str) -> str:
