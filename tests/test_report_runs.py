@@ -79,7 +79,7 @@ def test_fast_store_and_slow_model_make_a_compute_bound_run_and_the_report_says_
     v = verdict(f)
     assert v.kind == COMPUTE, v.line
     assert f.trainer_demand < f.actors * f.actor_rate  # the pool could make more
-    assert f.stage_share["read"] < 0.5
+    assert f.pool_busy < 0.8  # the actors had room to spare
     assert sum(a.images for a in facts.actors) == plan.num_rows  # every row made once
     assert advise(f, facts.config, facts.summary)[0].startswith("compute-bound")
     assert (tmp_path / "compute" / "timeline.png").exists()
