@@ -2,7 +2,8 @@
 
 Starts SeaweedFS on a free 127.0.0.1 port, writes scikit-learn's digits into a bucket, starts a
 local Ray head that declares the preprocessing pool, submits jobs/train_resnet.py with
-`ray job submit --working-dir .`, streams its logs, prints a short summary, and stops everything it
+`ray job submit --working-dir .`, streams its logs, prints a short summary and the path of the
+run report (WORKDIR/report/report.html), and stops everything it
 started: also on Ctrl-C, on SIGTERM and when the job fails.
 """
 
@@ -57,6 +58,8 @@ def print_summary(path: str) -> dict:
     if s.get("timeline"):
         print(f"timeline            : {s['timeline']}/timeline.png (and timeline.json for "
               "Perfetto)")
+    if s.get("report"):
+        print(f"report              : {s['report']}")
     return s
 
 
@@ -105,6 +108,7 @@ def main(argv=None) -> int:
             "--lr=0.05", f"--storage-path={os.path.join(args.workdir, 'results')}",
             f"--summary-json={summary_path}",
             f"--timeline={os.path.join(args.workdir, 'timeline')}",
+            f"--report={os.path.join(args.workdir, 'report')}",
         ]
         print("[demo] " + " ".join(cmd[1:]), flush=True)
         code = submit_job(cmd, env, cwd=ROOT)

@@ -13,7 +13,10 @@ from typing import Protocol
 
 from pipelines.badrecords import BadRecord
 
-__all__ = ["BlockSpan", "BlockObserver"]
+__all__ = ["BlockSpan", "BlockObserver", "STAGES"]
+
+STAGES = ("read", "decode", "augment", "other", "handoff")
+"""Where a pool actor's time goes, in pipeline order (`BlockSpan.stages`)."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,26 @@ class BlockSpan:
     """Keys of some of them (the process's first few bad records only)."""
     bad_records: tuple[BadRecord, ...] = ()
     """Every bad record skipped while making it, once each."""
+    read_s: float = 0.0
+    """Seconds reading units from storage for it (a unit's read counts with its first block)."""
+    decode_s: float = 0.0
+    """Seconds decoding images for it."""
+    augment_s: float = 0.0
+    """Seconds augmenting (and echoing) them."""
+    handoff_s: float = 0.0
+    """Seconds the actor's generator was suspended after yielding the previous block: Ray Data
+    building, serialising and putting it into the object store, and any backpressure (it
+    falls between two spans, outside `start`..`end`, so it is the previous block's cost)."""
+    read_bytes: int = 0
+    """Bytes of encoded images read from storage for it."""
+
+    @property
+    def stages(self) -> dict[str, float]:
+        """Seconds by stage: read, decode, augment, other (the rest of start..end: label
+        checks, shuffle buffer, padding) and handoff."""
+        other = max(0.0, (self.end - self.start) - self.read_s - self.decode_s - self.augment_s)
+        return {"read": self.read_s, "decode": self.decode_s, "augment": self.augment_s,
+                "other": other, "handoff": self.handoff_s}
 
 
 class BlockObserver(Protocol):

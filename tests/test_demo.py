@@ -100,6 +100,12 @@ def test_demo_trains_prints_the_summary_and_cleans_up(tmp_path):
     assert re.search(r"examples\s+: 4308 fresh, 0 echoed, 0 bad records", text), text[-2000:]
     assert (tmp_path / "timeline" / "timeline.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "timeline" / "timeline.json").read_text())["traceEvents"]
+    # the run report: its path printed, the page and the files it is rebuilt from written
+    report = re.search(r"report\s+: (\S+)", text)
+    assert report and report.group(1) == str(tmp_path / "report" / "report.html"), text[-2000:]
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert re.search(r"(input|compute)-bound|balanced", page) and "What to do" in page
+    assert json.loads((tmp_path / "report" / "run.json").read_text())["actors"]
     assert_all_stopped(tmp_path, temp, port, text)
     # The credentials were used (the store enforces signatures) and appear nowhere: not in the
     # output, the summary, the timeline, the checkpoints, nor any of Ray's logs. (The store's

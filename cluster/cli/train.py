@@ -113,6 +113,7 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     add_flag(o, "--max-failures", TrainConfig, "max_failures")
     add_flag(o, "--train-log-level", TrainConfig, "train_log_level",
              choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_flag(o, "--report", TrainConfig, "report_dir", metavar="DIR")
     o.add_argument("--summary-json", default=None, help="write the run summary here as JSON")
     o.add_argument("--timeline", default=None, metavar="DIR",
                    help="write DIR/timeline.json (Chrome trace: Perfetto, chrome://tracing) and "
@@ -197,9 +198,9 @@ def configs(args: argparse.Namespace) -> tuple[TrainConfig, PipelineConfig, Pipe
              "shuffle_buffer_rows", "storage_path", "run_name", "checkpoint_every",
              "max_failures", "seed", "target_accuracy", "val_every_rows", "train_log_level",
              "checkpoint_every_steps", "preemption_check_steps", "trace_samples",
-             "min_workers")
+             "min_workers", "report_dir")
     values = {name: getattr(args, name) for name in names}
-    for name in ("trace_samples", "storage_path"):  # the workers' cwd is not the driver's
+    for name in ("trace_samples", "storage_path", "report_dir"):  # workers' cwd is not ours
         if values[name] and "://" not in values[name]:
             values[name] = os.path.abspath(os.path.expanduser(values[name]))
     tc = TrainConfig(**values)
@@ -254,3 +255,5 @@ def print_summary(s) -> None:
         print(f"  checkpoint           {s.checkpoint}")
     if s.timeline:
         print(f"  timeline             {s.timeline}/timeline.json, {s.timeline}/timeline.png")
+    if s.report:
+        print(f"  report               {s.report}")

@@ -14,9 +14,9 @@ from collections import deque
 
 __all__ = [
     "DATA_WAIT", "H2D", "COMPUTE", "STEP", "STALL_FRACTION", "EXAMPLES", "PREPROCESS_IMAGES",
-    "PREPROCESS_BUSY", "BAD_RECORDS", "ECHO_FACTOR", "POOL_TARGET_NODES", "POOL_NODES",
-    "POOL_DECISIONS", "POOL_SHARE_NODES", "METRICS", "exported", "StepMetrics", "PoolMetrics",
-    "EchoMetrics", "ScalerMetrics", "SECONDS_BUCKETS", "StallWindow",
+    "PREPROCESS_BUSY", "PREPROCESS_STAGE", "BAD_RECORDS", "ECHO_FACTOR", "POOL_TARGET_NODES",
+    "POOL_NODES", "POOL_DECISIONS", "POOL_SHARE_NODES", "METRICS", "exported", "StepMetrics",
+    "PoolMetrics", "EchoMetrics", "ScalerMetrics", "SECONDS_BUCKETS", "StallWindow",
 ]
 
 # name -> (type, labels, meaning). Ray adds its own labels (SessionName, NodeAddress, ...).
@@ -28,6 +28,7 @@ STALL_FRACTION = "feedline_data_stall_fraction"
 EXAMPLES = "feedline_examples"
 PREPROCESS_IMAGES = "feedline_preprocess_images"
 PREPROCESS_BUSY = "feedline_preprocess_busy_seconds"
+PREPROCESS_STAGE = "feedline_preprocess_stage_seconds"
 BAD_RECORDS = "feedline_bad_records"
 ECHO_FACTOR = "feedline_echo_factor"
 POOL_TARGET_NODES = "feedline_pool_target_nodes"
@@ -53,6 +54,11 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
                         "Images decoded and augmented by each CPU-pool actor."),
     PREPROCESS_BUSY: ("counter", ("run", "actor"), "Seconds each CPU-pool actor spent making "
                       "blocks (read + decode + augment); its rate is the actor's utilisation."),
+    PREPROCESS_STAGE: ("counter", ("run", "stage"), "Seconds the CPU-pool actors spent in each "
+                       "stage of making blocks: stage=read (storage), decode, augment (echo "
+                       "included), other (label checks, shuffle buffer) and handoff (suspended "
+                       "after yielding a block while Ray Data serialises it into the object "
+                       "store, backpressure included; outside busy_seconds)."),
     BAD_RECORDS: ("counter", ("run", "kind"), "Records skipped as undecodable, by kind "
                   "(zero_bytes, not_an_image, truncated, undecodable)."),
     ECHO_FACTOR: ("gauge", ("run",), "Data-echo factor in force: copies per fresh example on "
@@ -143,18 +149,24 @@ class StepMetrics:
 
 
 class PoolMetrics:
-    """Per-actor recorder for the CPU pool: images made, busy seconds, bad records by kind."""
+    """Per-actor recorder for the CPU pool: images made, busy seconds, seconds by stage, bad
+    records by kind."""
 
     def __init__(self, run: str, actor: str):
         self._images = _make(PREPROCESS_IMAGES, run=run, actor=actor)
         self._busy = _make(PREPROCESS_BUSY, run=run, actor=actor)
+        self._stage = _make(PREPROCESS_STAGE, run=run)
         self._bad = _make(BAD_RECORDS, run=run)
 
-    def observe(self, images: int, seconds: float, bad: dict[str, int]) -> None:
+    def observe(self, images: int, seconds: float, bad: dict[str, int],
+                stages: dict[str, float] | None = None) -> None:
         if images:
             self._images.inc(images)
         if seconds > 0:
             self._busy.inc(seconds)
+        for stage, value in (stages or {}).items():
+            if value > 0:  # Ray's counters refuse an increment of 0
+                self._stage.inc(value, tags={"stage": stage})
         for kind, count in bad.items():
             self._bad.inc(count, tags={"kind": kind})
 

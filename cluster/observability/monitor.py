@@ -17,7 +17,7 @@ import ray
 
 from cluster.observability.metrics import PoolMetrics
 from pipelines.badrecords import SAMPLE_KEYS, BadRecord
-from pipelines.observe import BlockSpan
+from pipelines.observe import STAGES, BlockSpan
 
 __all__ = ["RunMonitor", "PoolReporter", "start_monitor", "MAX_SPANS"]
 
@@ -40,6 +40,11 @@ class RunMonitor:
         self.first_read: float | None = None
         self.pool_spans: list[tuple[str, float, float, int, int]] = []
         self.train_spans: list[tuple[int, float, float, float, float, int]] = []
+        self.pool_work: dict[str, dict[str, float]] = {}
+        """Per pool actor: sums over its training blocks (images, fresh, busy, bytes, seconds
+        by stage) and its first start and last end: kept always, a few numbers per actor."""
+        self.pool_stage_spans: list[tuple] = []
+        """With a timeline: (actor, start, end, images, fresh, *seconds by STAGES) per block."""
         self.train_rows = 0
         """Rows the pool made for training (placeholders included)."""
         self.train_blocks = 0
@@ -60,9 +65,23 @@ class RunMonitor:
             if self.first_read is None or span.start < self.first_read:
                 self.first_read = span.start
         # Validation blocks are made inside the trainers, not by the pool: only their bad
-        # records count here. (Pool throughput and utilisation are in the Prometheus metrics.)
-        if stage == "train" and self.timeline and len(self.pool_spans) < MAX_SPANS:
+        # records count here.
+        if stage != "train":
+            return
+        self._add_work(actor, span)
+        if self.timeline and len(self.pool_spans) < MAX_SPANS:
             self.pool_spans.append((actor, span.start, span.end, span.images, span.epoch))
+            stages = span.stages
+            self.pool_stage_spans.append((actor, span.start, span.end, span.images, span.fresh,
+                                          *(stages[k] for k in STAGES)))
+
+    def _add_work(self, actor: str, span: BlockSpan) -> None:
+        work = self.pool_work.setdefault(actor, {"first": span.start, "last": span.end})
+        work["first"], work["last"] = min(work["first"], span.start), max(work["last"], span.end)
+        for key, value in (("images", span.images), ("fresh", span.fresh),
+                           ("busy", span.end - span.start), ("bytes", span.read_bytes),
+                           *span.stages.items()):
+            work[key] = work.get(key, 0) + value
 
     def add_steps(self, rank: int, steps: list[tuple[float, float, float, float, int]]) -> None:
         """Steps of one rank: (start, got_batch, on_device, end, images), epoch seconds."""
@@ -122,6 +141,11 @@ class RunMonitor:
     def spans(self) -> tuple[list, list]:
         return self.train_spans, self.pool_spans
 
+    def pool_stages(self) -> tuple[dict[str, dict[str, float]], list[tuple]]:
+        """Per-actor sums of the pool's training work and (with a timeline) its blocks with
+        their seconds by stage (`pipelines.observe.STAGES`)."""
+        return self.pool_work, self.pool_stage_spans
+
 
 def _by_kind(records) -> Counter:
     kinds: Counter = Counter()
@@ -157,7 +181,7 @@ class PoolReporter:
             self._actor = f"{socket.gethostname()}:{os.getpid()}"
             self._metrics = PoolMetrics(self.run, self._actor)
         if self.stage == "train":
-            self._metrics.observe(span.images, span.end - span.start, span.bad)
+            self._metrics.observe(span.images, span.end - span.start, span.bad, span.stages)
         else:
             self._metrics.observe(0, 0.0, span.bad)
         if self.monitor is not None:

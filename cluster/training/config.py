@@ -81,6 +81,10 @@ class TrainConfig:
     train_log_level: str = "WARNING"
     """Level of Ray Train's own console log (its files under the Ray session keep every level);
     at INFO it logs every report with its whole metrics dict."""
+    report_dir: str | None = None
+    """Write the run report here when the run ends: report.html (one self-contained page:
+    the verdict, input-bound, compute-bound or balanced, and what to do), run.json (what it
+    is made from; `python jobs/report.py DIR` rebuilds the page) and the timeline."""
     val_every_rows: int = 0
     """Also validate inside epochs, every this many fresh training rows (all ranks together);
     0 validates at epoch ends only."""

@@ -92,6 +92,8 @@ class RunSummary:
     pool_decisions: list = dataclasses.field(default_factory=list)
     """With a pool policy: every decision (t_s, action, target_nodes, ready, pending, stall,
     echo, reason)."""
+    report: str | None = None
+    """The run report (report.html), when asked for (--report DIR)."""
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -16,6 +16,7 @@ from ray.train.torch import TorchTrainer
 
 from cluster.echo.controller import ControllerFactor, start_echo_controller
 from cluster.observability.monitor import PoolReporter, start_monitor
+from cluster.observability.report.files import write_run_report
 from cluster.observability.timeline import write_timeline
 from cluster.pool.scaler import ScalerConfig, pool_actor_bounds, start_scaler
 from cluster.training.config import TrainConfig
@@ -212,6 +213,13 @@ class _RunActors:
                 "echo_changes": ray.get(self.echo_control.history.remote()),
                 "decisions": decisions, "timeline": timeline_dir}
 
+    def report_data(self) -> tuple[list, list, dict]:
+        """What the run report needs beyond the summary: step spans, pool blocks with their
+        stage seconds, and the per-actor sums."""
+        train_spans, _ = ray.get(self.monitor.spans.remote())
+        work, stage_spans = ray.get(self.monitor.pool_stages.remote())
+        return train_spans, stage_spans, work
+
     def stop(self) -> None:
         for actor in (self.scaler, self.monitor, self.echo_control, self.ledger):
             if actor is not None:
@@ -239,7 +247,8 @@ def run_training(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig 
     the wall time counts from (default: now). With `timeline_dir`, writes timeline.json and
     timeline.png there. With `scaling`, a PoolScaler sizes the preprocessing pool while the
     run goes on (and sets the echo factor, which `pipeline.echo` must then leave automatic,
-    unless the policy's echo_max is 1)."""
+    unless the policy's echo_max is 1). With `tc.report_dir`, writes the run report there
+    (run.json, report.html; and the timeline, unless `timeline_dir` puts it elsewhere)."""
     start = started if started is not None else time.perf_counter()
     if scaling is not None:
         pipeline = _with_pool_bounds(pipeline, scaling)
@@ -247,6 +256,9 @@ def run_training(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig 
     if val is not None and val_plan is None:
         val_plan = plan_source(val.source)
     run = run_label(tc)
+    report_dir = tc.report_dir
+    if report_dir is not None and timeline_dir is None:
+        timeline_dir = report_dir
     actors = _RunActors.start(run, pipeline, tc.num_workers, timeline_dir is not None, scaling)
     try:
         trainer = build_trainer(tc, pipeline, val, plan, val_plan, run=run,
@@ -256,6 +268,7 @@ def run_training(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig 
         result = _fit(trainer)
         wall = time.perf_counter() - start
         gathered = actors.gather(timeline_dir)
+        report_data = actors.report_data() if report_dir is not None else None
     finally:
         actors.stop()
     bad_list = gathered.pop("bad_list")
@@ -264,4 +277,7 @@ def run_training(tc: TrainConfig, pipeline: PipelineConfig, val: PipelineConfig 
     if bad_list:
         summary = dataclasses.replace(summary, bad_records_file=write_bad_records(
             bad_list, result))
+    if report_data is not None:
+        summary = dataclasses.replace(summary, report=write_run_report(
+            report_dir, summary, tc, pipeline, *report_data, timeline_dir=timeline_dir))
     return summary
