@@ -177,57 +177,65 @@ def _gray(r: int, g: int, b: int) -> int:
 
 
 @_jit
-def _gray_mean(img: np.ndarray) -> int:
-    """ImageEnhance.Contrast's degenerate value: the mean of the image's L, rounded half up."""
+def _gray_mean(img: np.ndarray, lut: np.ndarray) -> int:
+    """ImageEnhance.Contrast's degenerate value for the image `lut[img]`: the mean of its L,
+    rounded half up."""
     total = 0
     for y in range(img.shape[0]):
         for x in range(img.shape[1]):
-            total += _gray(np.int64(img[y, x, 0]), np.int64(img[y, x, 1]),
-                           np.int64(img[y, x, 2]))
+            total += _gray(np.int64(lut[img[y, x, 0]]), np.int64(lut[img[y, x, 1]]),
+                           np.int64(lut[img[y, x, 2]]))
     return int(total / (img.shape[0] * img.shape[1]) + 0.5)
 
 
 @_jit
-def _enhance(img: np.ndarray, y: int, x: int, op: int, alpha: np.float32, mean: int,
-             out: np.ndarray, oy: int, ox: int) -> None:
-    """Pixel (y, x) of `img` through one ImageEnhance op, into out[:, oy, ox] (CHW)."""
-    r, g, b = np.int64(img[y, x, 0]), np.int64(img[y, x, 1]), np.int64(img[y, x, 2])
-    if op == BRIGHTNESS:
-        d0 = d1 = d2 = 0
-    elif op == CONTRAST:
-        d0 = d1 = d2 = mean
-    elif op == SATURATION:
-        d0 = d1 = d2 = _gray(r, g, b)
-    else:
-        out[0, oy, ox], out[1, oy, ox], out[2, oy, ox] = r, g, b
-        return
-    out[0, oy, ox] = _blend(d0, r, alpha)
-    out[1, oy, ox] = _blend(d1, g, alpha)
-    out[2, oy, ox] = _blend(d2, b, alpha)
+def _then(lut: np.ndarray, d: int, alpha: np.float32) -> np.ndarray:
+    """`lut` followed by a blend with the constant degenerate `d` (brightness: 0, contrast:
+    the gray mean): per-sample ops, so a 256-entry table holds them exactly."""
+    out = np.empty(256, np.uint8)
+    for v in range(256):
+        out[v] = _blend(d, np.int64(lut[v]), alpha)
+    return out
 
 
 @_jit
 def jitter_into(img: np.ndarray, ops: np.ndarray, factors: np.ndarray, flip: bool,
                 out: np.ndarray) -> None:
-    """ImageEnhance ops `ops` (BRIGHTNESS, CONTRAST, SATURATION; -1 for none) with
-    `factors`, in order, on `img` (H, W, 3) uint8 (changed in place by all but the last op),
-    then written to `out` (3, H, W), mirrored left-right when `flip`."""
+    """ImageEnhance ops `ops` (BRIGHTNESS, CONTRAST, SATURATION) with `factors`, in order, on
+    `img` (H, W, 3) uint8 (changed in place when a saturation is followed by more ops), then
+    written to `out` (3, H, W), mirrored left-right when `flip`. Brightness and contrast are
+    per-sample tables composed until a saturation (which mixes channels) needs the pixels;
+    the last of them, the flip and HWC -> CHW are one pass."""
     h, w = img.shape[0], img.shape[1]
-    hwc = img.transpose(2, 0, 1)  # a CHW view: the in-place passes write through it
-    last = len(ops) - 1
+    lut = np.arange(256).astype(np.uint8)
+    sat = np.float32(-1.0)
     for j in range(len(ops)):
         op, alpha = ops[j], np.float32(factors[j])
-        mean = _gray_mean(img) if op == CONTRAST else 0
-        for y in range(h):
-            for x in range(w):
-                if j < last:
-                    _enhance(img, y, x, op, alpha, mean, hwc, y, x)
-                else:
-                    _enhance(img, y, x, op, alpha, mean, out, y, w - 1 - x if flip else x)
-    if len(ops) == 0:
-        for y in range(h):
-            for x in range(w):
-                _enhance(img, y, x, -1, np.float32(1.0), 0, out, y, w - 1 - x if flip else x)
+        if op == BRIGHTNESS:
+            lut = _then(lut, 0, alpha)
+        elif op == CONTRAST:
+            lut = _then(lut, _gray_mean(img, lut), alpha)
+        elif j == len(ops) - 1:
+            sat = alpha  # the last op: done in the output pass
+        else:
+            for y in range(h):
+                for x in range(w):
+                    r, g, b = (np.int64(lut[img[y, x, 0]]), np.int64(lut[img[y, x, 1]]),
+                               np.int64(lut[img[y, x, 2]]))
+                    d = _gray(r, g, b)
+                    img[y, x, 0] = _blend(d, r, alpha)
+                    img[y, x, 1] = _blend(d, g, alpha)
+                    img[y, x, 2] = _blend(d, b, alpha)
+            lut = np.arange(256).astype(np.uint8)
+    for y in range(h):
+        for x in range(w):
+            ox = w - 1 - x if flip else x
+            r, g, b = (np.int64(lut[img[y, x, 0]]), np.int64(lut[img[y, x, 1]]),
+                       np.int64(lut[img[y, x, 2]]))
+            if sat >= 0:
+                d = _gray(r, g, b)
+                r, g, b = _blend(d, r, sat), _blend(d, g, sat), _blend(d, b, sat)
+            out[0, y, ox], out[1, y, ox], out[2, y, ox] = r, g, b
 
 
 def warm() -> None:
