@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 demo: $(STAMP)
+	@# numba compiles the fast path's kernels once per machine into ~/.cache/feedline/numba
+	$(PY) -m pipelines.kernels --warm
 	$(PY) jobs/demo.py
 
 test: $(STAMP)

@@ -34,9 +34,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=20.0,
                    help="steady-state window per system, after the first batches")
     p.add_argument("--count", type=int, default=2000, help="synthetic images when generating")
+    p.add_argument("--shape", choices=sorted(SHAPES), default="synthetic",
+                   help="generated JPEGs: synthetic (--size, q90), photo (~400x300 q90, ~50 KB) "
+                        "or imagenet (~500x375 q95, ~110 KB)")
     p.add_argument("--size", default="320x256", help="synthetic image WIDTHxHEIGHT")
     p.add_argument("--json", default=None, help="write the results here")
     return p.parse_args(argv)
+
+
+SHAPES = {"synthetic": (None, 90), "photo": ("400x300", 90), "imagenet": ("500x375", 95)}
+"""--shape: (WIDTHxHEIGHT, or None for --size; JPEG quality)."""
 
 
 def _exit_on_sigterm(signum, frame) -> None:
@@ -55,7 +62,8 @@ def _synthetic(args: argparse.Namespace):
     # heap, where they would count as the measured systems' memory.
     subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "make_dataset.py"),
                     "--dataset", "synthetic", "--out", data, "--count", str(args.count),
-                    "--size", args.size, "--val-fraction", "0"], check=True)
+                    "--size", SHAPES[args.shape][0] or args.size,
+                    "--quality", str(SHAPES[args.shape][1]), "--val-fraction", "0"], check=True)
     return store, data
 
 
@@ -83,7 +91,7 @@ def main(argv=None) -> int:
     print_tables(results, cores)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"cores": cores, "systems": results}, f, indent=2)
+            json.dump({"cores": cores, "shape": args.shape, "systems": results}, f, indent=2)
         print(f"\nwrote {args.json}")
     return 0
 

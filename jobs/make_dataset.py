@@ -40,6 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--endpoint", default=None, help="S3 endpoint URL (default: AWS_ENDPOINT_URL)")
     p.add_argument("--count", type=int, default=2000, help="synthetic: number of images")
     p.add_argument("--size", type=_size, default=(320, 256), help="synthetic: WIDTHxHEIGHT")
+    p.add_argument("--quality", type=int, default=90, help="synthetic: JPEG quality")
     p.add_argument("--format", choices=["parquet", "folder"], default="parquet",
                    help="synthetic: Parquet shards or an image folder (<split>/<label>/<n>.jpg)")
     p.add_argument("--num-classes", type=int, default=100, help="synthetic: label range")
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
         else:
             result = write_synthetic(args.out, storage, count=args.count, size=args.size,
                                      fmt=args.format, num_classes=args.num_classes,
-                                     seed=args.seed,
+                                     seed=args.seed, quality=args.quality,
                                      val_fraction=0.1 if args.val_fraction is None
                                      else args.val_fraction)
     except StorageError as e:

@@ -22,13 +22,13 @@ from collections.abc import Iterator
 
 import numpy as np
 import ray
-from PIL import Image
 
-from pipelines.augment import apply_batch, build_transform, decode_side
+from pipelines.augment import build_transform, decode_side
 from pipelines.badrecords import BadRecordLimit, BadRecords, label_problems
 from pipelines.config import PipelineConfig
-from pipelines.decode import decode_many
+from pipelines.decode import bad_kind, decode_many
 from pipelines.echo import FactorSource, FixedFactor, ShuffleBuffer, copy_counts, repeat_rows
+from pipelines.fused import FusedRecipe, augment_batch
 from pipelines.index import positions_of, unit_positions
 from pipelines.observe import BlockObserver, BlockSpan
 from pipelines.position import (
@@ -87,6 +87,7 @@ class Preprocessor:
         self.fs = self.loc.fs
         self.transform = build_transform(p.recipe, p.image_size, config.train)
         self.min_side = decode_side(p.recipe, p.image_size, config.train)
+        self.fused = FusedRecipe(self.transform, p.image_size)
         self.stats = BadRecords()
         self.limit = BadRecordLimit(
             config.source.url,
@@ -151,31 +152,50 @@ class Preprocessor:
                                row=first_row)
             return None
 
-    def _augment(self, images: list[Image.Image], labels: np.ndarray, keys: np.ndarray,
+    def _images(self, images: list, rngs: list[np.random.Generator], keys: np.ndarray,
+                rows: np.ndarray, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """The augmented block of `images` (the fused path where it applies) and the mask of
+        the entries kept: a JPEG whose header passed but whose data no decoder reads is a bad
+        record, counted here (once per row, however many copies it had)."""
+        out, failed = augment_batch(self.fused, self.transform, images, rngs, self.min_side)
+        keep = np.ones(len(images), bool)
+        seen = set()
+        for i, err in failed.items():
+            keep[i] = False
+            if id(images[i]) not in seen:
+                seen.add(id(images[i]))
+                self.stats.add_bad(bad_kind(err, images[i].data), str(keys[i]), self._shard_of,
+                                   epoch, why=str(err), row=int(rows[i]))
+                self.stats.ok -= 1
+        return out, keep
+
+    def _augment(self, images: list, labels: np.ndarray, keys: np.ndarray,
                  rows: np.ndarray, epoch: int, echo_rng: np.random.Generator
-                 ) -> dict[str, np.ndarray]:
+                 ) -> tuple[dict[str, np.ndarray], int]:
         """The block of decoded `images` (rows `rows` of `epoch`): augmented, and echoed when
-        this stream echoes. Each row's augmentation is drawn from a generator of its own,
-        seeded by (seed, epoch, row id): the same pixels whichever actor makes it, whatever
-        else is in its block, and whichever rows a resumed stream leaves out."""
-        size = self.config.preprocess.image_size
+        this stream echoes, and the number of rows dropped as bad on the way. Each row's
+        augmentation is drawn from a generator of its own, seeded by (seed, epoch, row id):
+        the same pixels whichever actor makes it, whatever else is in its block, and whichever
+        rows a resumed stream leaves out."""
         seed = self.config.seed
         cols = {LABEL: labels, KEY: keys, EPOCH: np.full(len(rows), epoch, np.int32),
                 ROW: rows.astype(np.int64)}
+        rngs = [np.random.default_rng([seed, epoch, int(r), 3]) for r in rows]
         if self.echo is None:
-            rngs = [np.random.default_rng([seed, epoch, int(r), 3]) for r in rows]
-            return {IMAGE: apply_batch(self.transform, images, size, rngs), **cols}
+            out, keep = self._images(images, rngs, keys, rows, epoch)
+            return {IMAGE: out[keep], **{k: v[keep] for k, v in cols.items()}}, int((~keep).sum())
         counts = copy_counts(len(images), self.factor_source.factor(), echo_rng)
         if self.echo.mode == "example":  # echo before augmentation: each copy its own crop
-            rngs = [np.random.default_rng([seed, epoch, int(r), 3]) for r in rows]
-            copies = [(img, g) for img, g, c in zip(images, rngs, counts, strict=True)
-                      for _ in range(c)]
-            return {IMAGE: apply_batch(self.transform, [c[0] for c in copies], size,
-                                       [c[1] for c in copies]),
-                    **repeat_rows(cols, counts)}
-        rngs = [np.random.default_rng([seed, epoch, int(r), 3]) for r in rows]
-        return repeat_rows({IMAGE: apply_batch(self.transform, images, size, rngs), **cols},
-                           counts)
+            pick = np.repeat(np.arange(len(images)), counts)
+            out, keep = self._images([images[i] for i in pick], [rngs[i] for i in pick],
+                                     keys[pick], rows[pick], epoch)
+            block = {IMAGE: out, **repeat_rows(cols, counts)}
+            dropped = len(set(pick[~keep].tolist()))
+            return {k: v[keep] for k, v in block.items()}, dropped
+        out, keep = self._images(images, rngs, keys, rows, epoch)
+        block = repeat_rows({IMAGE: out[keep], **{k: v[keep] for k, v in cols.items()}},
+                            counts[keep])
+        return block, int((~keep).sum())
 
     def _resume(self) -> StreamPosition | None:
         """The position this stream resumes from, asked once per process."""
@@ -280,16 +300,20 @@ class Preprocessor:
         keys = rows[KEY][take]
         t = time.perf_counter()
         images, kept = decode_many(rows[IMAGE][take], keys, self.stats, self.min_side,
-                                   shard, epoch, rows=ids[take])
+                                   shard, epoch, rows=ids[take],
+                                   probe=self.fused.probe if self.fused.enabled else None)
         decoded = time.perf_counter()
         report.decode_s += decoded - t
-        report.fresh += len(kept)
         if not kept:
             return None
-        block = self._augment(images, rows[LABEL][take][kept], keys[kept], ids[take][kept],
-                              epoch, echo_rng)
-        report.augment_s += time.perf_counter() - decoded
-        return block
+        fused_decode = self.fused.decode_s  # the fused path decodes inside the augmentation
+        block, dropped = self._augment(images, rows[LABEL][take][kept], keys[kept],
+                                       ids[take][kept], epoch, echo_rng)
+        inside = self.fused.decode_s - fused_decode
+        report.decode_s += inside
+        report.augment_s += time.perf_counter() - decoded - inside
+        report.fresh += len(kept) - dropped
+        return block if len(block[LABEL]) else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         cfg, p = self.config, self.config.preprocess

@@ -135,14 +135,15 @@ def synthetic_jpeg(rng: np.random.Generator, width: int, height: int, quality: i
 def write_synthetic(url: str, storage: StorageConfig | None = None, *, count: int = 2000,
                     size: tuple[int, int] = (320, 256), fmt: str = "parquet",
                     num_classes: int = 100, val_fraction: float = 0.1, seed: int = 0,
-                    rows_per_shard: int = 1024, row_group_rows: int = 256) -> WriteResult:
-    """`count` synthetic JPEGs of `size` (width, height), written as Parquet shards or as an
-    image folder, split into `train/` and `val/`."""
+                    rows_per_shard: int = 1024, row_group_rows: int = 256,
+                    quality: int = 90) -> WriteResult:
+    """`count` synthetic JPEGs of `size` (width, height) at JPEG `quality`, written as Parquet
+    shards or as an image folder, split into `train/` and `val/`."""
     if fmt not in ("parquet", "folder"):
         raise ValueError(f"format must be parquet or folder, got {fmt!r}")
     rng = np.random.default_rng(seed)
     width, height = size
-    images = [synthetic_jpeg(rng, width, height) for _ in range(count)]
+    images = [synthetic_jpeg(rng, width, height, quality) for _ in range(count)]
     labels = rng.integers(0, num_classes, size=count).astype(np.int64)
     n_val = int(round(count * val_fraction))
     loc = _prepare(url, storage)

@@ -10,7 +10,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipelines.badrecords import BadRecords
 
-__all__ = ["decode_pil", "decode_image", "decode_many"]
+__all__ = ["decode_pil", "decode_image", "decode_many", "bad_kind"]
 
 
 def decode_image(data: bytes, min_side: int | None = None) -> np.ndarray:
@@ -64,7 +64,8 @@ def _wide_gray_to_rgb(img: Image.Image) -> np.ndarray:
     return np.repeat(gray[..., None], 3, axis=2)
 
 
-def _kind(err: Exception, data: bytes | None) -> str:
+def bad_kind(err: Exception, data: bytes | None) -> str:
+    """The bad-record kind of a decoder error on `data`."""
     if data is None:  # the reader could not fetch this file (see sources.read_unit)
         return "unreadable_shard"
     if not data:
@@ -80,17 +81,19 @@ def _kind(err: Exception, data: bytes | None) -> str:
 
 def decode_many(
     images, keys, stats: BadRecords, min_side: int | None = None, shard: str = "",
-    epoch: int = 0, rows=None,
-) -> tuple[list[Image.Image], list[int]]:
+    epoch: int = 0, rows=None, probe=None,
+) -> tuple[list, list[int]]:
     """Decode a batch; returns the RGB images and the indices of the rows that decoded. The
     others are counted in `stats` (as records of `shard`, in `epoch`, with their row ids from
-    `rows` when given)."""
+    `rows` when given). With `probe` (bytes -> object or None), a row it accepts is returned
+    as what it returns, undecoded: its decoder runs later and reports its own failures."""
     out, kept = [], []
     for i, (data, key) in enumerate(zip(images, keys, strict=True)):
         try:
-            img = decode_pil(data, min_side)
+            img = (probe(data) if probe is not None and data else None) or \
+                decode_pil(data, min_side)
         except Exception as e:  # noqa: BLE001 - any decoder failure is a bad record
-            stats.add_bad(_kind(e, data), str(key), shard, epoch, why=str(e),
+            stats.add_bad(bad_kind(e, data), str(key), shard, epoch, why=str(e),
                           row=-1 if rows is None else int(rows[i]))
             continue
         out.append(img)

@@ -18,13 +18,14 @@ def test_bench_pipeline_writes_every_field_for_every_system(tmp_path):
     out = tmp_path / "bench.json"
     run = subprocess.run(
         [sys.executable, os.path.join(ROOT, "jobs", "bench_pipeline.py"), "--systems",
-         "limit,ceiling,feedline", "--seconds", "2", "--count", "1100", "--json", str(out)],
+         "limit,torchvision,decode_limit,ceiling,feedline", "--seconds", "2", "--count", "1100",
+         "--json", str(out)],
         capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["cores"] == os.cpu_count()
     systems = result["systems"]
-    assert set(systems) == {"limit", "ceiling", "feedline"}
+    assert set(systems) == {"limit", "torchvision", "decode_limit", "ceiling", "feedline"}
     cores = result["cores"]
     for name, figures in systems.items():
         assert FIELDS <= set(figures), name
@@ -45,6 +46,17 @@ def test_bench_pipeline_writes_every_field_for_every_system(tmp_path):
     assert systems["feedline"]["cpu_cores"]["workers"] > 0.5
     assert systems["feedline"]["ray_at_rest_cores"] > 0
     assert systems["ceiling"]["ratio_to_ceiling"] == pytest.approx(1.0)
+    # The one-process systems are per-core rates; the limit is compared with both of them.
+    for name in ("limit", "torchvision", "decode_limit"):
+        assert systems[name]["images_per_s_per_core"] == systems[name]["images_per_s"]
+    limit = systems["limit"]["images_per_s"]
+    assert systems["limit"]["ratio_to_torchvision"] == pytest.approx(
+        limit / systems["torchvision"]["images_per_s"])
+    assert systems["limit"]["ratio_to_decode_limit"] == pytest.approx(
+        limit / systems["decode_limit"]["images_per_s"])
+    assert systems["feedline"]["ratio_to_ceiling"] == pytest.approx(
+        systems["feedline"]["images_per_s"] / systems["ceiling"]["images_per_s"])
+    assert "x torchvision" in run.stdout and "x ceiling" in run.stdout
     # A Ray system's cold start (the first dataset on its fresh Ray) is reported beside it.
     assert systems["feedline"]["first_batch_cold_s"] > 0
     assert "first_batch_cold_s" not in systems["limit"]

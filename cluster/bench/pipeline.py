@@ -51,7 +51,10 @@ from pipelines.storage import resolve
 
 __all__ = ["SYSTEMS", "EXTRA", "run_systems", "add_ratios", "print_tables"]
 
-SYSTEMS = ("limit", "ceiling", "dataloader", "raydata", "feedline")
+SYSTEMS = ("limit", "torchvision", "decode_limit", "ceiling", "dataloader", "raydata",
+           "feedline")
+ONE_CORE = ("limit", "torchvision", "decode_limit")
+"""Systems that run in one process on one thread: their images/s is their per-core rate."""
 EXTRA = ("feedline-deterministic",)
 """Measured only when asked for: feedline with --deterministic (blocks in stream order)."""
 
@@ -76,54 +79,32 @@ def _shards(data: str, storage: StorageConfig) -> tuple[list[str], str]:
     return sorted({u.path for u in plan.units}), url
 
 
-def _recipe():
-    """The benchmark's recipe as feedline's pool runs it: (transform, decode side)."""
-    from pipelines.augment import build_transform, decode_side
-
-    return (build_transform("imagenet", SIZE, train=True),
-            decode_side("imagenet", SIZE, train=True))
-
-
-def _decode_augment(blobs, transform, side: int | None, rng: np.random.Generator) -> np.ndarray:
-    """The pool's own path on encoded images: PIL images from decode straight into the
-    augmentation; one (N, 3, SIZE, SIZE) uint8 array."""
-    from pipelines.augment import apply_batch
-    from pipelines.decode import decode_pil
-
-    return apply_batch(transform, [decode_pil(b, side) for b in blobs], SIZE, rng)
-
-
 def _forever(make_epoch: Callable[[], Iterable]):
     while True:
         yield from make_epoch()
 
 
-def run_limit(url: str, storage: StorageConfig, seconds: float) -> dict:
+def run_loop(name: str, url: str, storage: StorageConfig, seconds: float) -> dict:
+    """A one-process system of cluster.bench.loops on every training image, held in memory."""
+    from cluster.bench.loops import batches
+
     loc = resolve(url, storage)
     shards, _ = _shards(url, storage)
     blobs = []
     for path in shards:
         with loc.fs.open_input_file(path) as f:
             blobs.extend(pq.read_table(f, columns=["image"]).column("image").to_pylist())
-    transform, side = _recipe()
-    rng = np.random.default_rng(0)
-
-    def batches():
-        while True:
-            for s in range(0, len(blobs) - BATCH + 1, BATCH):
-                yield {"image": _decode_augment(blobs[s:s + BATCH], transform, side, rng),
-                       "label": np.zeros(BATCH, np.int64)}
-
-    return measure(batches, seconds)
+    return measure(lambda: batches(blobs, name), seconds)
 
 
 def _ceiling_worker(url: str, storage: StorageConfig, units: list, made, warm, stop) -> None:
     """One process of `ceiling`: the limit's loop on the units it reads itself from the store,
     over and over, in blocks of the pool's size; `made` counts the images it has finished."""
+    from cluster.bench.loops import decode_augment, recipe
     from pipelines.sources import IMAGE, read_unit
 
     fs = resolve(url, storage).fs
-    transform, side = _recipe()
+    parts = recipe()
     rng = np.random.default_rng(0)
     rows, footers = PreprocessConfig().output_rows, {}
     while not stop.is_set():
@@ -131,7 +112,7 @@ def _ceiling_worker(url: str, storage: StorageConfig, units: list, made, warm, s
             blobs = read_unit(unit, fs, footers=footers)[IMAGE]
             for s in range(0, len(blobs), rows):
                 block = blobs[s:s + rows]
-                _decode_augment(block, transform, side, rng)
+                decode_augment(block, parts, rng)
                 with made.get_lock():
                     made.value += len(block)
                 if made.value >= 3 * rows:
@@ -306,8 +287,10 @@ def run_systems(systems: list[str], data: str, storage: StorageConfig, seconds: 
     for name in order:
         print(f"measuring {name} ...", flush=True)
         if name == "limit":
-            limits.append(run_limit(data, storage, seconds))
+            limits.append(run_loop(name, data, storage, seconds))
             results[name] = mean_limit(limits)
+        elif name in ONE_CORE:
+            results[name] = run_loop(name, data, storage, seconds)
         elif name == "ceiling":
             results[name] = run_ceiling(data, storage, seconds, cores)
         elif name == "dataloader":
@@ -323,8 +306,15 @@ def add_ratios(results: dict[str, dict], cores: int) -> None:
     for r in results.values():
         r["images_per_s_per_core"] = r["images_per_s"] / cores
         r["ratio_to_limit"] = r["images_per_s"] / (limit * cores) if limit else None
-    results.get("limit", {}).update(images_per_s_per_core=limit, ratio_to_limit=1.0 / cores
-                                    if limit else None)
+    for name in ONE_CORE:
+        if name in results:
+            r = results[name]
+            r.update(images_per_s_per_core=r["images_per_s"],
+                     ratio_to_limit=r["images_per_s"] / limit if limit else None)
+    if limit:
+        for other in ("torchvision", "decode_limit"):
+            if other in results:
+                results["limit"][f"ratio_to_{other}"] = limit / results[other]["images_per_s"]
     ceiling = results.get("ceiling", {}).get("images_per_s")
     for r in results.values():
         if ceiling:
@@ -358,6 +348,12 @@ def print_tables(results: dict[str, dict], cores: int) -> None:
     for name, r in results.items():
         split = r.get("cpu_cores") or {}
         print(f"{name:<11}" + "".join(f"{split.get(role, 0.0):>14.2f}" for role in CpuSplit.ROLES))
+    lim = results.get("limit", {})
+    for other in ("torchvision", "decode_limit"):
+        if f"ratio_to_{other}" in lim:
+            print(f"limit per core: {lim[f'ratio_to_{other}']:.2f}x {other}")
+    if "ratio_to_ceiling" in results.get("feedline", {}):
+        print(f"feedline: {results['feedline']['ratio_to_ceiling']:.2f}x ceiling")
     for name, r in results.items():
         if "ray_at_rest_cores" in r:
             print(f"{name}: its Ray at rest (nothing running) took {r['ray_at_rest_cores']:.2f} "
