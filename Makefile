@@ -27,6 +27,7 @@ demo: $(STAMP)
 	$(PY) jobs/demo.py
 
 test: $(STAMP)
+	$(PY) -m pipelines.kernels --warm
 	$(VENV)/bin/ruff check pipelines cluster jobs tests
 	$(PY) -m pytest
 
