@@ -79,36 +79,46 @@ def _clip8(ss: int) -> int:
 @_jit
 def _h_pass(src: np.ndarray, y0: int, x0: int, rows: int, hb: np.ndarray, hk: np.ndarray,
             out: np.ndarray) -> None:
-    """Horizontal pass: rows y0.. of `src`, columns from x0, into `out` (rows, len(hb), 3)."""
-    half = 1 << (PRECISION_BITS - 1)
+    """Horizontal pass: rows y0.. of `src`, columns from x0, into `out` (rows, len(hb), 3);
+    32-bit sums, as Pillow's."""
+    half = np.int32(1 << (PRECISION_BITS - 1))
+    k32 = hk.astype(np.int32)
     for y in range(rows):
         row = src[y0 + y]
         for xx in range(len(hb)):
             xmin = x0 + hb[xx, 0]
             s0 = s1 = s2 = half
             for x in range(hb[xx, 1]):
-                k = hk[xx, x]
-                s0 += np.int64(row[xmin + x, 0]) * k
-                s1 += np.int64(row[xmin + x, 1]) * k
-                s2 += np.int64(row[xmin + x, 2]) * k
-            out[y, xx, 0], out[y, xx, 1], out[y, xx, 2] = _clip8(s0), _clip8(s1), _clip8(s2)
+                k = k32[xx, x]
+                s0 += np.int32(row[xmin + x, 0]) * k
+                s1 += np.int32(row[xmin + x, 1]) * k
+                s2 += np.int32(row[xmin + x, 2]) * k
+            out[y, xx, 0] = _clip8(s0)
+            out[y, xx, 1] = _clip8(s1)
+            out[y, xx, 2] = _clip8(s2)
 
 
 @_jit
 def _v_pass(src: np.ndarray, y0: int, x0: int, cols: int, vb: np.ndarray, vk: np.ndarray,
             out: np.ndarray) -> None:
-    """Vertical pass: columns x0.. of `src`, rows from y0, into `out` (len(vb), cols, 3)."""
-    half = 1 << (PRECISION_BITS - 1)
+    """Vertical pass: columns x0.. of `src`, rows from y0, into `out` (len(vb), cols, 3).
+    Each output row sums whole input rows (contiguous, so the loop vectorises); integer sums
+    are exact in any order, and 32 bits hold them as in Pillow (255 x 2^22 x taps' sum)."""
+    half = np.int32(1 << (PRECISION_BITS - 1))
+    width = cols * 3
+    acc = np.empty(width, np.int32)
     for yy in range(len(vb)):
         ymin = y0 + vb[yy, 0]
-        for xx in range(cols):
-            s0 = s1 = s2 = half
-            for y in range(vb[yy, 1]):
-                k = vk[yy, y]
-                s0 += np.int64(src[ymin + y, x0 + xx, 0]) * k
-                s1 += np.int64(src[ymin + y, x0 + xx, 1]) * k
-                s2 += np.int64(src[ymin + y, x0 + xx, 2]) * k
-            out[yy, xx, 0], out[yy, xx, 1], out[yy, xx, 2] = _clip8(s0), _clip8(s1), _clip8(s2)
+        acc[:] = half
+        for y in range(vb[yy, 1]):
+            k = np.int32(vk[yy, y])
+            line = src[ymin + y, x0:x0 + cols].reshape(width)
+            for j in range(width):
+                acc[j] += np.int32(line[j]) * k
+        row = out[yy].reshape(width)
+        for j in range(width):
+            v = acc[j] >> PRECISION_BITS
+            row[j] = 0 if v < 0 else (255 if v > 255 else v)
 
 
 @_jit
