@@ -61,19 +61,17 @@ class Saver:
     def after_step(self) -> None:
         """Runs after every step: a step checkpoint when one is due or a preemption comes."""
         tc, steps = self.cfg.train, self.step.steps_total
-        due = tc.checkpoint_every_steps and steps % tc.checkpoint_every_steps == 0
+        scheduled = bool(tc.checkpoint_every_steps) and steps % tc.checkpoint_every_steps == 0
+        preempted = False
         if tc.preemption_check_steps and steps % tc.preemption_check_steps == 0 \
                 and not self._preempted:
             info = ray.train.get_preemption_info()  # a barrier: every rank asks alike
             if info is not None:
-                self._preempted = True
+                self._preempted = preempted = True
                 if self.rank == 0:
                     say(f"step {steps}: Ray Train says a node of the run is being preempted "
                         f"({info}); saving a step checkpoint now")
-                due = True
-        if due:
+        if scheduled or preempted:
             epoch = self.step.epoch_index
             self.save({"epoch": epoch + 1, "step": steps, "checkpoint": "step"},
-                      epoch_end=False, kind="preemption" if self._preempted and not (
-                          tc.checkpoint_every_steps
-                          and steps % tc.checkpoint_every_steps == 0) else "step")
+                      epoch_end=False, kind="step" if scheduled else "preemption")
