@@ -54,13 +54,6 @@ def fused_one(recipe: FusedRecipe, data: bytes, seed: int):
     return draw, out[0]
 
 
-def both_shrink(draw) -> bool:
-    """Crops that shrink on both sides: Pillow 13 picks its pass order there by a rule of its
-    own (kernels.vertical_first): the other order differs by 1 in a few pixels before jitter."""
-    left, top, right, bottom = draw.box
-    return right - left > SIZE * draw.scale and bottom - top > SIZE * draw.scale
-
-
 @pytest.mark.parametrize("w,h", [(320, 256), (400, 300), (500, 375), (1280, 960), (1600, 1200)])
 def test_train_crops_match_torchvision_bit_for_bit_or_within_half_a_level(w, h):
     data = photo(w, h, seed=w % 7)
@@ -71,7 +64,7 @@ def test_train_crops_match_torchvision_bit_for_bit_or_within_half_a_level(w, h):
         draw, got = fused_one(recipe, data, seed)
         want = torchvision_train(pil, draw.box, draw.flip, draw.ops, draw.factors)
         diff = np.abs(got.astype(int) - want)
-        if draw.scale == 1 and not both_shrink(draw):
+        if draw.scale == 1:
             assert diff.max() == 0, (seed, draw)
             exact += 1
         else:
@@ -119,26 +112,74 @@ def test_a_broken_kernel_is_caught():
     src = np.asarray(Image.open(io.BytesIO(photo(400, 300))).convert("RGB"))
     hb, hk = kernels.resize_coeffs(300, 0, 300, SIZE)
     vb, vk = kernels.resize_coeffs(250, 0, 250, SIZE)
-    out = np.empty((SIZE, SIZE, 3), np.uint8)
-    kernels.resize_region(src, 10, 20, hb, hk, vb, vk, False, out)
+    out = np.empty((3, SIZE, SIZE), np.uint8)
+    kernels.resize_into(src, 10, 20, hb, hk, vb, vk, False, False, out)
     want = np.asarray(Image.fromarray(src).crop((20, 10, 320, 260)).resize((SIZE, SIZE),
                                                                           Image.BILINEAR))
-    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(out, want.transpose(2, 0, 1))
     hb2, hk2 = kernels.resize_coeffs(300, 0.5, 300, SIZE)
-    kernels.resize_region(src, 10, 20, hb2, hk2, vb, vk, False, out)
-    assert (out != want).any()
-    kernels.resize_region(src, 10, 20, hb, hk + (1 << 13), vb, vk, False, out)
-    assert (out != want).any()
+    kernels.resize_into(src, 10, 20, hb2, hk2, vb, vk, False, False, out)
+    assert (out != want.transpose(2, 0, 1)).any()
+    kernels.resize_into(src, 10, 20, hb, hk + (1 << 13), vb, vk, False, False, out)
+    assert (out != want.transpose(2, 0, 1)).any()
+
+
+@pytest.mark.parametrize("w,h,vertical_first", [(300, 180, False), (180, 280, True)],
+                         ids=["width-shrinks", "height-shrinks"])
+@pytest.mark.parametrize("flip", [False, True])
+def test_resize_writes_the_planar_block_in_either_pass_order(w, h, vertical_first, flip):
+    """Both pass orders (the second pass writes the block) and the fused flip, on crops that
+    shrink on one side and grow on the other: Pillow then runs the shrinking side first."""
+    src = np.asarray(Image.open(io.BytesIO(photo(400, 300, seed=2))).convert("RGB"))
+    hb, hk = kernels.resize_coeffs(w, 0, w, SIZE)
+    vb, vk = kernels.resize_coeffs(h, 0, h, SIZE)
+    assert kernels.vertical_first(w, h, SIZE, SIZE) is vertical_first
+    out = np.empty((3, SIZE, SIZE), np.uint8)
+    kernels.resize_into(src, 7, 13, hb, hk, vb, vk, vertical_first, flip, out)
+    want = Image.fromarray(src).crop((13, 7, 13 + w, 7 + h)).resize((SIZE, SIZE),
+                                                                     Image.BILINEAR)
+    want = np.asarray(F.horizontal_flip(want) if flip else want).transpose(2, 0, 1)
+    np.testing.assert_array_equal(out, want)
+    kernels.resize_into(src, 7, 13, hb, hk, vb, vk, not vertical_first, flip, out)
+    assert (out != want).any()  # the order matters, so the test can tell
+
+
+def test_pass_order_is_pillows_on_crops_near_and_far_from_its_threshold():
+    """Pillow 13 runs the vertical pass first when the height loses more than twice as many
+    pixels as the width (kernels.vertical_first); on either side of that line the other order
+    gives different pixels, so every crop here would catch a wrong rule."""
+    src = np.asarray(Image.open(io.BytesIO(photo(640, 480, seed=4))).convert("RGB"))
+    pil, rng = Image.fromarray(src), np.random.default_rng(0)
+    out = np.empty((3, 0, 0), np.uint8)
+    checked = 0
+    for _ in range(160):
+        ow, oh = (int(v) for v in rng.integers(40, 240, 2))
+        cw = int(rng.integers(ow // 2, min(640, 3 * ow)))
+        dh = 2 * (cw - ow) + int(rng.integers(-3, 4)) if rng.random() < 0.5 else \
+            int(rng.integers(-oh // 2, 2 * oh))
+        ch = oh + dh
+        if not (0 < ch <= 480 and cw <= 640):
+            continue
+        left, top = int(rng.integers(0, 641 - cw)), int(rng.integers(0, 481 - ch))
+        hb, hk = kernels.resize_coeffs(cw, 0, cw, ow)
+        vb, vk = kernels.resize_coeffs(ch, 0, ch, oh)
+        out = np.empty((3, oh, ow), np.uint8)
+        kernels.resize_into(src, top, left, hb, hk, vb, vk,
+                            kernels.vertical_first(cw, ch, ow, oh), False, out)
+        want = F.resized_crop(pil, top, left, ch, cw, [oh, ow], antialias=True)
+        np.testing.assert_array_equal(out, np.asarray(want).transpose(2, 0, 1),
+                                      err_msg=f"crop {cw}x{ch} -> {ow}x{oh}")
+        checked += 1
+    assert checked > 100
 
 
 def test_jitter_matches_pillow_for_every_order():
     pil = Image.open(io.BytesIO(photo(64, 48))).convert("RGB")
-    src = np.asarray(pil)
-    for order in ([0, 1, 2], [2, 1, 0], [1, 0, 2], [1]):
+    for order in ([0, 1, 2], [2, 1, 0], [1, 0, 2], [1], [2, 0]):
         factors = [0.6, 1.4, 0.0, 1.9][:len(order)]
-        out = np.empty((3, 48, 64), np.uint8)
-        kernels.jitter_into(src.copy(), np.array(order, np.int64), np.array(factors), True, out)
-        img = F.horizontal_flip(pil)
+        out = np.ascontiguousarray(np.asarray(pil).transpose(2, 0, 1))
+        kernels.jitter(out, np.array(order, np.int64), np.array(factors))
+        img = pil
         adjust = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation)
         for op, f in zip(order, factors, strict=True):
             img = adjust[op](img, f)
