@@ -103,12 +103,18 @@ class FusedRecipe:
         hb, hk = kernels.resize_coeffs(x1 - x0, lo - x0, r - x0, ow)
         vb, vk = kernels.resize_coeffs(y1 - y0, t - y0, b - y0, oh)
         left, top, n = d.window
-        tmp = np.empty((n, n, 3), np.uint8)
-        kernels.resize_region(img, y0, x0, hb[left:left + n], hk[left:left + n],
-                              vb[top:top + n], vk[top:top + n],
-                              kernels.vertical_first(r - lo, b - t, ow, oh), tmp)
-        kernels.jitter_into(tmp, np.array(d.ops, np.int64), np.array(d.factors, np.float64),
-                            d.flip, out)
+        kernels.resize_into(img, y0, x0, hb[left:left + n], hk[left:left + n],
+                            vb[top:top + n], vk[top:top + n],
+                            self._vertical_first(d), d.flip, out)
+        if d.ops:
+            kernels.jitter(out, np.array(d.ops, np.int64), np.array(d.factors, np.float64))
+
+    @staticmethod
+    def _vertical_first(d: _Draw) -> bool:
+        """Pillow's pass order for the full-size resize torchvision runs (on the crop, or on
+        the whole image for eval), also when the fast path decodes at a reduced scale."""
+        left, top, right, bottom = d.box
+        return kernels.vertical_first(right - left, bottom - top, *d.out_size)
 
     def run(self, item: Encoded, rng: np.random.Generator, out: np.ndarray) -> None:
         """All copies of one image (out: (k, 3, S, S), k >= 1) from ONE decode, at the scale

@@ -64,36 +64,24 @@ def torchvision_batch() -> Callable[[list], np.ndarray]:
 
 
 def decode_limit_batch() -> Callable[[list], np.ndarray]:
-    """Decode at the scale each crop needs + resize into the block; no flip, no jitter."""
-    from pipelines import kernels
-    from pipelines.augment import RandomResizedCrop
-    from pipelines.decode import decode_image
-    from pipelines.jpeg import decode_scaled, probe, scale_for
+    """Decode at the scale each crop needs + resize into the block: the fused path's own
+    decode and resize (`FusedRecipe.render`) with the flip and the jitter left out."""
+    from dataclasses import replace
 
-    crop, rng = RandomResizedCrop(SIZE), np.random.default_rng(0)
+    from pipelines.jpeg import decode_scaled
+
+    _, fused, _ = recipe()
+    rng = np.random.default_rng(0)
 
     def run(blobs) -> np.ndarray:
         out = np.empty((len(blobs), 3, SIZE, SIZE), np.uint8)
-        tmp = np.empty((SIZE, SIZE, 3), np.uint8)
-        none, no = np.zeros(0, np.int64), np.zeros(0)
         for i, b in enumerate(blobs):
-            info = probe(b)
-            if info is None:
-                img, s = decode_image(b), 1
-                h, w = img.shape[:2]
-            else:
-                w, h = info.width, info.height
-            top, left, ch, cw = crop.params(w, h, rng)
-            if info is not None:
-                s = scale_for(cw, ch, SIZE, SIZE)
-                img = decode_scaled(b, info, s)
-            x0, y0 = left // s, top // s
-            x1, y1 = min(-(-(left + cw) // s), img.shape[1]), min(-(-(top + ch) // s),
-                                                                   img.shape[0])
-            hb, hk = kernels.resize_coeffs(x1 - x0, left / s - x0, (left + cw) / s - x0, SIZE)
-            vb, vk = kernels.resize_coeffs(y1 - y0, top / s - y0, (top + ch) / s - y0, SIZE)
-            kernels.resize_region(img, y0, x0, hb, hk, vb, vk, False, tmp)
-            kernels.jitter_into(tmp, none, no, False, out[i])
+            item = fused.probe(b)
+            if item is None:
+                raise ValueError(f"decode_limit measures baseline YCbCr JPEGs; blob {i} is not "
+                                 "one (use --shape's generated JPEGs)")
+            d = replace(fused.draw(item.info, rng), flip=False, ops=(), factors=())
+            fused.render(decode_scaled(b, item.info, d.scale), d.scale, d, out[i])
         return out
 
     return run
