@@ -33,7 +33,7 @@ import numpy as np
 # isort: on
 
 __all__ = ["PRECISION_BITS", "BRIGHTNESS", "CONTRAST", "SATURATION", "resize_coeffs",
-           "resize_into", "vertical_first", "jitter", "warm"]
+           "resize_into", "vertical_first", "jitter", "render", "warm"]
 
 PRECISION_BITS = 32 - 8 - 2
 BRIGHTNESS, CONTRAST, SATURATION = 0, 1, 2
@@ -99,18 +99,21 @@ def _clip_shift(acc: np.ndarray) -> None:
 
 
 @_jit
-def _store_column(acc: np.ndarray, rows: int, y: int, x: int, planar: bool,
-                  out: np.ndarray) -> None:
-    """Rows y..y+rows of output column x, RGB-interleaved in `acc`, into `out`: (3, H, W)
-    when `planar`, else (H, W, 3)."""
-    if planar:
-        for r in range(rows):
-            out[0, y + r, x], out[1, y + r, x] = acc[3 * r], acc[3 * r + 1]
-            out[2, y + r, x] = acc[3 * r + 2]
-    else:
-        for r in range(rows):
-            out[y + r, x, 0], out[y + r, x, 1] = acc[3 * r], acc[3 * r + 1]
-            out[y + r, x, 2] = acc[3 * r + 2]
+def _store_tile(cols: np.ndarray, rows: int, y: int, planar: bool, out: np.ndarray) -> None:
+    """Rows y..y+rows of the output, held column by column in `cols` (one RGB-interleaved
+    column of the tile per entry), into `out`: (3, H, W) when `planar`, else (H, W, 3). Row
+    by row, so that the stores are contiguous and only the loads stride (several times
+    faster than storing each column as it is made)."""
+    for r in range(rows):
+        if planar:
+            p0, p1, p2 = out[0, y + r], out[1, y + r], out[2, y + r]
+            for x in range(len(cols)):
+                p0[x], p1[x], p2[x] = cols[x, 3 * r], cols[x, 3 * r + 1], cols[x, 3 * r + 2]
+        else:
+            line = out[y + r]
+            for x in range(len(cols)):
+                line[x, 0], line[x, 1], line[x, 2] = cols[x, 3 * r], cols[x, 3 * r + 1], \
+                    cols[x, 3 * r + 2]
 
 
 @_jit
@@ -119,11 +122,13 @@ def _h_pass(src: np.ndarray, y0: int, x0: int, rows: int, hb: np.ndarray, hk: np
     """Horizontal pass: rows y0.. of `src` (H, W, 3), columns from x0, into `out` (rows,
     len(hb), 3), or (3, rows, len(hb)) when `planar`, mirrored left-right when `flip`. _TILE
     rows at a time are transposed into columns of 3 x _TILE samples, so that each tap adds a
-    contiguous vector (the loop vectorises); 32-bit sums as Pillow's."""
+    contiguous vector (the loop vectorises), and the tile's output columns are transposed back
+    row by row (`_store_tile`); 32-bit sums as Pillow's."""
     ow = len(hb)
     first, last = _span(hb)
     half = np.int32(1 << (PRECISION_BITS - 1))
     tile = np.zeros((last - first, 3 * _TILE), np.uint8)
+    cols = np.empty((ow, 3 * _TILE), np.uint8)
     acc = np.empty(3 * _TILE, np.int32)
     for yt in range(0, rows, _TILE):
         n = min(_TILE, rows - yt)
@@ -138,8 +143,11 @@ def _h_pass(src: np.ndarray, y0: int, x0: int, rows: int, hb: np.ndarray, hk: np
                 k, col = hk[xx, j], tile[hb[xx, 0] - first + j]
                 for e in range(3 * _TILE):
                     acc[e] += np.int32(col[e]) * k
-            _clip_shift(acc)
-            _store_column(acc, n, yt, ow - 1 - xx if flip else xx, planar, out)
+            column = cols[ow - 1 - xx if flip else xx]
+            for e in range(3 * _TILE):
+                v = acc[e] >> PRECISION_BITS
+                column[e] = 0 if v < 0 else (255 if v > 255 else v)
+        _store_tile(cols, n, yt, planar, out)
 
 
 @_jit
@@ -271,6 +279,26 @@ def jitter(img: np.ndarray, ops: np.ndarray, factors: np.ndarray) -> None:
             _saturate(r, g, b, alpha)
 
 
+@_jit
+def render(img: np.ndarray, box: tuple[float, float, float, float], out_w: int, out_h: int,
+           left: int, top: int, vertical_first: bool, flip: bool, ops: np.ndarray,
+           factors: np.ndarray, out: np.ndarray) -> None:
+    """torchvision's resize (and crop) of `img` (H, W, 3), then flip and jitter, into `out`
+    (3, S, S) in one call: the region `box` (left, top, right, bottom, in `img`'s pixels) is
+    resized to out_w x out_h (`resize_coeffs` + `resize_into`), of which the S x S window at
+    (left, top) is kept, mirrored when `flip`, then `jitter(ops, factors)`."""
+    lo, t, r, b = box
+    x0, y0 = int(np.floor(lo)), int(np.floor(t))
+    x1, y1 = min(int(np.ceil(r)), img.shape[1]), min(int(np.ceil(b)), img.shape[0])
+    hb, hk = resize_coeffs(x1 - x0, lo - x0, r - x0, out_w)
+    vb, vk = resize_coeffs(y1 - y0, t - y0, b - y0, out_h)
+    n = out.shape[1]
+    resize_into(img, y0, x0, hb[left:left + n], hk[left:left + n], vb[top:top + n],
+                vk[top:top + n], vertical_first, flip, out)
+    if len(ops):
+        jitter(out, ops, factors)
+
+
 def warm() -> None:
     """Compile (or load from the cache) every signature the pipeline uses."""
     src = np.zeros((6, 6, 3), np.uint8)
@@ -281,6 +309,9 @@ def warm() -> None:
         for flip in (False, True):
             resize_into(src, 0, 0, hb, hk, vb, vk, vertical, flip, block[0])
     jitter(block[0], np.array([0, 1, 2], np.int64), np.array([0.5, 1.2, 0.9]))
+    for ops in ([], [2, 0, 1]):
+        render(src, (0.5, 0.0, 5.5, 6.0), 3, 4, 0, 0, False, True, np.array(ops, np.int64),
+               np.ones(len(ops)), np.zeros((3, 3, 3), np.uint8))
 
 
 if __name__ == "__main__":
