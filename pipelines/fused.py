@@ -12,10 +12,10 @@ centre. Images the probe turns down (pipelines.jpeg) take the Pillow path unchan
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -43,8 +43,9 @@ class Encoded:
     info: JpegInfo
 
 
-@dataclass(frozen=True)
-class _Draw:
+class _Draw(NamedTuple):
+    """One image's parameters (a NamedTuple: one is made per image, cheaply)."""
+
     scale: int
     box: tuple[float, float, float, float]
     """(left, top, right, bottom) in full-size pixels."""
@@ -97,17 +98,10 @@ class FusedRecipe:
 
     def render(self, img: np.ndarray, scale: int, d: _Draw, out: np.ndarray) -> None:
         """Draw `d` from `img`, the image decoded at 1/`scale`, into `out` (3, S, S)."""
-        (lo, t, r, b), (ow, oh) = [v / scale for v in d.box], d.out_size
-        x0, y0 = math.floor(lo), math.floor(t)
-        x1, y1 = min(math.ceil(r), img.shape[1]), min(math.ceil(b), img.shape[0])
-        hb, hk = kernels.resize_coeffs(x1 - x0, lo - x0, r - x0, ow)
-        vb, vk = kernels.resize_coeffs(y1 - y0, t - y0, b - y0, oh)
-        left, top, n = d.window
-        kernels.resize_into(img, y0, x0, hb[left:left + n], hk[left:left + n],
-                            vb[top:top + n], vk[top:top + n],
-                            self._vertical_first(d), d.flip, out)
-        if d.ops:
-            kernels.jitter(out, np.array(d.ops, np.int64), np.array(d.factors, np.float64))
+        left, top, _ = d.window
+        kernels.render(img, tuple(v / scale for v in d.box), *d.out_size, left, top,
+                       self._vertical_first(d), d.flip, np.array(d.ops, np.int64),
+                       np.array(d.factors, np.float64), out)
 
     @staticmethod
     def _vertical_first(d: _Draw) -> bool:

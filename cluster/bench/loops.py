@@ -66,8 +66,6 @@ def torchvision_batch() -> Callable[[list], np.ndarray]:
 def decode_limit_batch() -> Callable[[list], np.ndarray]:
     """Decode at the scale each crop needs + resize into the block: the fused path's own
     decode and resize (`FusedRecipe.render`) with the flip and the jitter left out."""
-    from dataclasses import replace
-
     from pipelines.jpeg import decode_scaled
 
     _, fused, _ = recipe()
@@ -80,7 +78,7 @@ def decode_limit_batch() -> Callable[[list], np.ndarray]:
             if item is None:
                 raise ValueError(f"decode_limit measures baseline YCbCr JPEGs; blob {i} is not "
                                  "one (use --shape's generated JPEGs)")
-            d = replace(fused.draw(item.info, rng), flip=False, ops=(), factors=())
+            d = fused.draw(item.info, rng)._replace(flip=False, ops=(), factors=())
             fused.render(decode_scaled(b, item.info, d.scale), d.scale, d, out[i])
         return out
 
