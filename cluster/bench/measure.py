@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterable
 from cluster.bench.cores import CpuSplit, PeakMemory
 from pipelines import PreprocessConfig
 
-__all__ = ["BATCH", "SIZE", "POOL", "measure", "time_to_first_batch", "wait_until_idle",
-           "run_on_ray", "mean_limit"]
+__all__ = ["BATCH", "SIZE", "POOL", "measure", "measure_turns", "time_to_first_batch",
+           "wait_until_idle", "run_on_ray", "mean_runs"]
 
 BATCH, SIZE = 256, 224
 """Images per batch, and the side of the output images."""
@@ -87,9 +87,42 @@ def measure(make_batches: Callable[[], Iterable], seconds: float) -> dict:
             "cpu_cores": cpu}
 
 
-def mean_limit(runs: list[dict]) -> dict:
-    """The limit's row from its runs: the mean images/s (each run's figure kept beside it), the
-    first run's first batch, the largest memory figures."""
+def measure_turns(makers: dict[str, Callable[[], Iterable]], seconds: float) -> dict[str, dict]:
+    """One-process systems measured together, in this process: each one's time to its first
+    batch from `makers[name]()`, then they take turns, batch by batch, for `seconds` each, and
+    each batch's CPU time counts to its system: images per CPU-second. A shared machine's speed
+    drifts from second to second; taking turns spreads the drift evenly over the systems, so
+    their ratios hold where figures of separate windows would not. Memory and where the cores
+    went are the window's, the same for all of them."""
+    with PeakMemory() as mem:
+        its, first = {}, {}
+        for name, make in makers.items():
+            start = time.perf_counter()
+            its[name] = iter(make())
+            next(its[name])
+            first[name] = time.perf_counter() - start
+        cpu, images = dict.fromkeys(its, 0.0), dict.fromkeys(its, 0)
+        split = CpuSplit().start()
+        deadline = time.perf_counter() + seconds * len(its)
+        while time.perf_counter() < deadline:
+            for name, it in its.items():
+                start = time.process_time()
+                batch = next(it)
+                cpu[name] += time.process_time() - start
+                images[name] += len(batch["label"])
+        cores = split.stop()
+        for it in its.values():
+            _stop(it)
+    return {name: {"images_per_s": images[name] / cpu[name], "first_batch_s": first[name],
+                   "images": images[name], "cpu_s": cpu[name],
+                   "peak_rss_mb": mem.peak_rss / 2**20,
+                   "object_store_peak_mb": mem.peak_shm / 2**20, "cpu_cores": cores}
+            for name in its}
+
+
+def mean_runs(runs: list[dict]) -> dict:
+    """One system's row from its runs: the mean images/s (each run's figure kept beside it),
+    the first run's first batch, the largest memory figures."""
     row = dict(runs[0])
     row["images_per_s"] = sum(r["images_per_s"] for r in runs) / len(runs)
     row["images_per_s_runs"] = [r["images_per_s"] for r in runs]

@@ -3,16 +3,23 @@ users would pick instead, in one run, on the same Parquet shards from the same o
 the same ImageNet recipe and output (uint8 224x224 batches of 256).
 
 Systems: limit (feedline's own decode + augment in a tight loop on bytes in memory, one process:
-the per-core ceiling), ceiling (the same loop in one plain process per core, each reading its
-share of the shards from the object store as the pool does, no Ray, nothing handed on: what any
-loader that reads this store on these cores could reach), dataloader (PyTorch DataLoader, one
+the per-core ceiling), torchvision (torchvision v2 on PIL in the same kind of loop: what a
+DataLoader worker gets per core), decode_limit (decode at the DCT scale each crop needs +
+resize, no jitter: what no faithful pipeline beats per core; cluster.bench.loops), ceiling (the
+limit's loop in one plain process per core, each reading its share of the shards from the object
+store as the pool does, no Ray, nothing handed on: what any loader that reads this store on
+these cores could reach), dataloader (PyTorch DataLoader, one
 worker per core, written the way its users write it), raydata (read_parquet -> map_batches ->
 iter_torch_batches, as the Ray Data docs write it), feedline (pipelines.build_dataset as the
 trainer consumes it).
 
-The limit is measured first and again last, and the mean of the two is the one every ratio
-uses: the machine's speed drifts during a run (shared cores), and a limit taken only at the
-start would credit or blame the later systems for it. Both figures are in the JSON.
+The one-process systems (limit, torchvision, decode_limit) are measured together in one
+process, taking turns batch by batch on the same images, and their figure is images per
+CPU-second (`measure.measure_turns`): a shared machine's speed drifts from second to second,
+and taking turns spreads the drift evenly over them, so their ratios (the per-core targets)
+hold. They run first and, when other systems follow, again last; each row is the mean of the
+two, and the limit's is the one the other systems' `ratio_to_limit` divides by. Both figures
+are in the JSON (`images_per_s_runs`).
 
 Time to first batch runs from building the pipeline to the first batch in hand. For the Ray
 systems, `first_batch_s` is measured on a running Ray: each runs in a process of its own with a
@@ -37,7 +44,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from cluster.bench.cores import CpuSplit, PeakMemory, set_store
-from cluster.bench.measure import BATCH, POOL, SIZE, mean_limit, measure, run_on_ray
+from cluster.bench.measure import BATCH, POOL, SIZE, mean_runs, measure, measure_turns, run_on_ray
 from pipelines import (
     PreprocessConfig,
     SchemaError,
@@ -84,8 +91,10 @@ def _forever(make_epoch: Callable[[], Iterable]):
         yield from make_epoch()
 
 
-def run_loop(name: str, url: str, storage: StorageConfig, seconds: float) -> dict:
-    """A one-process system of cluster.bench.loops on every training image, held in memory."""
+def run_loops(names: list[str], url: str, storage: StorageConfig, seconds: float
+              ) -> dict[str, dict]:
+    """The one-process systems of cluster.bench.loops on every training image, held in
+    memory, taking turns batch by batch in this process (`measure_turns`)."""
     from cluster.bench.loops import batches
 
     loc = resolve(url, storage)
@@ -94,7 +103,7 @@ def run_loop(name: str, url: str, storage: StorageConfig, seconds: float) -> dic
     for path in shards:
         with loc.fs.open_input_file(path) as f:
             blobs.extend(pq.read_table(f, columns=["image"]).column("image").to_pylist())
-    return measure(lambda: batches(blobs, name), seconds)
+    return measure_turns({name: (lambda n=name: batches(blobs, n)) for name in names}, seconds)
 
 
 def _ceiling_worker(url: str, storage: StorageConfig, units: list, made, warm, stop) -> None:
@@ -279,25 +288,33 @@ def run_ray_system(name: str, data: str, storage: StorageConfig, seconds: float,
 
 def run_systems(systems: list[str], data: str, storage: StorageConfig, seconds: float,
                 cores: int) -> dict[str, dict]:
-    """Measure each of `systems` on the shards under `data`, in order; the limit first and,
-    when other systems run in between, once more at the end (its row is the mean)."""
+    """Measure each of `systems` on the shards under `data`: the one-process systems first,
+    together (taking turns), then the others in order, then, when there were others, the
+    one-process systems once more (their rows are the means)."""
+    loops = [name for name in systems if name in ONE_CORE]
+    runs: dict[str, list[dict]] = {name: [] for name in loops}
     results: dict[str, dict] = {}
-    order = systems + (["limit"] if "limit" in systems and len(systems) > 1 else [])
-    limits: list[dict] = []
-    for name in order:
+
+    def measure_loops() -> None:
+        print(f"measuring {', '.join(loops)}, taking turns ...", flush=True)
+        for name, row in run_loops(loops, data, storage, seconds).items():
+            runs[name].append(row)
+
+    if loops:
+        measure_loops()
+    for name in systems:
+        if name in ONE_CORE:
+            continue
         print(f"measuring {name} ...", flush=True)
-        if name == "limit":
-            limits.append(run_loop(name, data, storage, seconds))
-            results[name] = mean_limit(limits)
-        elif name in ONE_CORE:
-            results[name] = run_loop(name, data, storage, seconds)
-        elif name == "ceiling":
+        if name == "ceiling":
             results[name] = run_ceiling(data, storage, seconds, cores)
         elif name == "dataloader":
             results[name] = run_dataloader(data, storage, seconds, cores)
         else:
             results[name] = run_ray_system(name, data, storage, seconds, cores)
-    return results
+    if loops and results:
+        measure_loops()
+    return {name: mean_runs(runs[name]) if name in runs else results[name] for name in systems}
 
 
 def add_ratios(results: dict[str, dict], cores: int) -> None:
