@@ -67,6 +67,12 @@ def unit_order(num_units: int, epoch: int, seed: int, shuffle: bool) -> np.ndarr
     return order
 
 
+def _kept(block: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
+    """The rows of `block` that `keep` marks; the block itself when it marks all of them (the
+    usual case: no copy of the images, 19 MB a block)."""
+    return block if keep.all() else {k: v[keep] for k, v in block.items()}
+
+
 class Preprocessor:
     """Ray Data actor on the dedicated CPU pool: read a unit, decode, augment, emit uint8 blocks.
 
@@ -183,7 +189,7 @@ class Preprocessor:
         rngs = [np.random.default_rng([seed, epoch, int(r), 3]) for r in rows]
         if self.echo is None:
             out, keep = self._images(images, rngs, keys, rows, epoch)
-            return {IMAGE: out[keep], **{k: v[keep] for k, v in cols.items()}}, int((~keep).sum())
+            return _kept({IMAGE: out, **cols}, keep), int((~keep).sum())
         counts = copy_counts(len(images), self.factor_source.factor(), echo_rng)
         if self.echo.mode == "example":  # echo before augmentation: each copy its own crop
             pick = np.repeat(np.arange(len(images)), counts)
@@ -191,10 +197,9 @@ class Preprocessor:
                                      keys[pick], rows[pick], epoch)
             block = {IMAGE: out, **repeat_rows(cols, counts)}
             dropped = len(set(pick[~keep].tolist()))
-            return {k: v[keep] for k, v in block.items()}, dropped
+            return _kept(block, keep), dropped
         out, keep = self._images(images, rngs, keys, rows, epoch)
-        block = repeat_rows({IMAGE: out[keep], **{k: v[keep] for k, v in cols.items()}},
-                            counts[keep])
+        block = repeat_rows(_kept({IMAGE: out, **cols}, keep), counts[keep])
         return block, int((~keep).sum())
 
     def _resume(self) -> StreamPosition | None:
