@@ -61,6 +61,9 @@ def test_bench_pipeline_writes_every_field_for_every_system(tmp_path):
     assert "x torchvision" in run.stdout and "x ceiling" in run.stdout
     # A Ray system's cold start (the first dataset on its fresh Ray) is reported beside it.
     assert systems["feedline"]["first_batch_cold_s"] > 0
+    # Its first batch on the running Ray is the median of five datasets built on it.
+    runs = systems["feedline"]["first_batch_runs_s"]
+    assert len(runs) == 5 and systems["feedline"]["first_batch_s"] == sorted(runs)[2]
     assert "first_batch_cold_s" not in systems["limit"]
     assert "x limit" in run.stdout and "feedline" in run.stdout  # the printed table
     assert "where the" in run.stdout and "cores went" in run.stdout

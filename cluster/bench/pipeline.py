@@ -372,6 +372,11 @@ def print_tables(results: dict[str, dict], cores: int) -> None:
     if "ratio_to_ceiling" in results.get("feedline", {}):
         print(f"feedline: {results['feedline']['ratio_to_ceiling']:.2f}x ceiling")
     for name, r in results.items():
+        if "first_batch_runs_s" in r:
+            runs = ", ".join(f"{t:.2f}" for t in r["first_batch_runs_s"])
+            print(f"{name}: first batch on a running Ray {r['first_batch_s']:.2f} s, the median "
+                  f"of {len(r['first_batch_runs_s'])} ({runs} s)")
+    for name, r in results.items():
         if "ray_at_rest_cores" in r:
             print(f"{name}: its Ray at rest (nothing running) took {r['ray_at_rest_cores']:.2f} "
                   "cores")
