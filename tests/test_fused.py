@@ -193,7 +193,8 @@ def test_full_scale_decode_is_pillows_and_scales_are_exact():
                                   np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
     for s in (2, 4, 8):
         assert decode_scaled(data, info, s).shape == (960 // s, 1280 // s, 3)
-    # A reduction only where the reduced crop keeps s x the output (pipelines.jpeg.scale_for).
+    # A reduction only where the reduced crop keeps s + 1 times the output per side
+    # (pipelines.jpeg.scale_for).
     assert scale_for(1400, 1344, SIZE, SIZE) == 2 and scale_for(1343, 3000, SIZE, SIZE) == 1
     assert scale_for(4480, 4500, SIZE, SIZE) == 4 and scale_for(16128, 16128, SIZE, SIZE) == 8
     assert scale_for(300, 200, SIZE, SIZE) == 1

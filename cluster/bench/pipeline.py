@@ -8,10 +8,9 @@ DataLoader worker gets per core), decode_limit (decode at the DCT scale each cro
 resize, no jitter: what no faithful pipeline beats per core; cluster.bench.loops), ceiling (the
 limit's loop in one plain process per core, each reading its share of the shards from the object
 store as the pool does, no Ray, nothing handed on: what any loader that reads this store on
-these cores could reach), dataloader (PyTorch DataLoader, one
-worker per core, written the way its users write it), raydata (read_parquet -> map_batches ->
-iter_torch_batches, as the Ray Data docs write it), feedline (pipelines.build_dataset as the
-trainer consumes it).
+these cores could reach), dataloader (PyTorch DataLoader, one worker per core, written the way
+its users write it), raydata (read_parquet -> map_batches -> iter_torch_batches, as the Ray Data
+docs write it), feedline (pipelines.build_dataset as the trainer consumes it).
 
 The one-process systems (limit, torchvision, decode_limit) are measured together in one
 process, taking turns batch by batch on the same images, and their figure is images per
