@@ -40,7 +40,7 @@ def test_fixed_pool_accounting_is_exact():
     # Half the throughput from hour 1: the fixed pool (32 nodes) feeds half the demand, so the
     # second half of the work takes twice as long and the GPUs wait half the time.
     sc = Scenario(name="halved", description="", gpus=64, max_nodes=80, hours=2.0,
-                  changes=(Change(HOUR, node_rate_factor=0.5),))
+                  node_rate=3000.0, changes=(Change(HOUR, node_rate_factor=0.5),))
     r = simulate(sc, "fixed")
     assert r.job_hours == pytest.approx(3.0, rel=1e-6)
     assert r.gpu_stall_fraction == pytest.approx(1.0 / 3.0, rel=1e-6)
@@ -50,7 +50,8 @@ def test_fixed_pool_accounting_is_exact():
 
 
 def test_echoed_examples_count_for_less_than_fresh_ones():
-    sc = Scenario(name="capped", description="", gpus=64, max_nodes=16, hours=2.0)
+    sc = Scenario(name="capped", description="", gpus=64, max_nodes=16, hours=2.0,
+                  node_rate=3000.0)
     r = simulate(sc, "oracle")  # 16 of the 32 nodes it needs: echo 2, no stall
     assert r.gpu_stall_fraction < 0.001
     assert all(e == pytest.approx(2.0) for _, _, _, e in r.timeline)

@@ -33,6 +33,14 @@ __all__ = ["Scenario", "Change", "Result", "SCENARIOS", "POLICIES", "simulate", 
 
 HOUR = 3600.0
 
+POOL_CORE_RATE = 330.0
+"""Fresh images/s one pool core makes: feedline's stream on ImageNet-like JPEGs (decode +
+ImageNet augmentation at 224 px, Ray included; docs/benchmarks.md, issue 21's table)."""
+NODE_RATE = 16 * POOL_CORE_RATE
+"""Fresh images/s one 16-core pool node makes (5,280)."""
+MAX_OVER_NEED = 2.5
+"""A single-run scenario's pool max, in multiples of what its start needs."""
+
 
 @dataclass(frozen=True)
 class Change:
@@ -52,9 +60,8 @@ class Scenario:
     gpus: int
     gpu_rate: float = 1500.0
     """Examples/s one GPU takes when it never waits (ResNet-50-class on a current GPU)."""
-    node_rate: float = 3000.0
-    """Fresh examples/s one 16-core pool node makes at the start (ImageNet-style decode +
-    augmentation, ~190 images/s per core)."""
+    node_rate: float = NODE_RATE
+    """Fresh examples/s one 16-core pool node makes at the start."""
     cpus_per_node: int = 16
     min_nodes: int = 0
     max_nodes: int
@@ -97,7 +104,8 @@ def _ramp(start_h: float, end_h: float, frm: float, to: float, steps: int = 24
 
 def _scenarios() -> tuple[Scenario, ...]:
     out = []
-    for gpus, max_nodes in ((64, 80), (1024, 1280)):
+    for gpus in (64, 1024):
+        max_nodes = math.ceil(MAX_OVER_NEED * gpus * Scenario.gpu_rate / NODE_RATE)
         out += [
             Scenario(name=f"constant-{gpus}", gpus=gpus, max_nodes=max_nodes,
                      description="nothing changes: the best pool size is constant"),

@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 
 from cluster.pool.arbiter_policy import ArbiterConfig, Bid, allocate
 from cluster.pool.policy import Observation, PolicyConfig, PoolPolicy
-from cluster.pool.simulate import HOUR, Result, reversals
+from cluster.pool.simulate import HOUR, NODE_RATE, Result, reversals
 
 __all__ = ["Job", "SharedScenario", "SharedResult", "SHARED_SCENARIOS", "SHARED_POLICIES",
-           "simulate_shared", "run_all_shared", "shortened"]
+           "simulate_shared", "run_all_shared", "shortened", "peak_need"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,7 +47,7 @@ class Job:
     hours: float
     """Length at full speed (sets the job's work)."""
     gpu_rate: float = 1500.0
-    node_rate: float = 3000.0
+    node_rate: float = NODE_RATE
     """Fresh examples/s one pool node makes for this job (its augmentation's cost)."""
     gpu_cost_per_hour: float = 4.0
 
@@ -80,31 +80,39 @@ class SharedScenario:
     def binds(self) -> bool:
         """Whether the jobs active at some moment need more than the max (checked at every
         arrival, with each job's full-speed length)."""
-        for j in self.jobs:
-            live = [k for k in self.jobs if k.arrive_h <= j.arrive_h < k.arrive_h + k.hours]
-            if sum(k.need for k in live) > self.max_nodes:
-                return True
-        return False
+        return peak_need(self.jobs) > self.max_nodes
+
+
+def peak_need(jobs: tuple[Job, ...]) -> int:
+    """The most nodes the jobs running at one moment need (checked at every arrival, with each
+    job's full-speed length)."""
+    return max(sum(k.need for k in jobs if k.arrive_h <= j.arrive_h < k.arrive_h + k.hours)
+               for j in jobs)
 
 
 def _scenarios() -> tuple[SharedScenario, ...]:
     day = (Job(name="r18-64", gpus=64, arrive_h=0.0, hours=8.0, gpu_rate=3000.0,
                gpu_cost_per_hour=2.0),
-           Job(name="r50-128-heavy", gpus=128, arrive_h=3.0, hours=10.0, node_rate=2000.0),
+           Job(name="r50-128-heavy", gpus=128, arrive_h=3.0, hours=10.0,
+               node_rate=NODE_RATE * 2 / 3),
            Job(name="r50-256", gpus=256, arrive_h=6.0, hours=8.0),
            Job(name="r50-512", gpus=512, arrive_h=12.0, hours=10.0))
     quota = (Job(name="r50-256", gpus=256, arrive_h=0.0, hours=8.0),
              Job(name="r18-128-cheap", gpus=128, arrive_h=0.0, hours=8.0, gpu_rate=3000.0,
                  gpu_cost_per_hour=1.5),
              Job(name="r50-64", gpus=64, arrive_h=2.0, hours=4.0),
-             Job(name="r50-128-late", gpus=128, arrive_h=5.0, hours=6.0, node_rate=2500.0))
+             Job(name="r50-128-late", gpus=128, arrive_h=5.0, hours=6.0,
+                 node_rate=NODE_RATE * 5 / 6))
+    day_max = math.ceil(peak_need(day) * 4 / 3)
+    quota_max = round(peak_need(quota) * 0.55)
     return (
-        SharedScenario(name="shared-day", jobs=day, max_nodes=640,
+        SharedScenario(name="shared-day", jobs=day, max_nodes=day_max,
                        description="4 jobs of 64-512 GPUs arriving and leaving over a day; the "
-                                   "pool's max (640) does not bind"),
-        SharedScenario(name="shared-quota", jobs=quota, max_nodes=200,
-                       description="4 jobs of 64-256 GPUs whose needs (up to 341 nodes) exceed "
-                                   "the pool's max of 200 for hours"),
+                                   f"pool's max ({day_max}) does not bind"),
+        SharedScenario(name="shared-quota", jobs=quota, max_nodes=quota_max,
+                       description="4 jobs of 64-256 GPUs whose needs (up to "
+                                   f"{peak_need(quota)} nodes) exceed the pool's max of "
+                                   f"{quota_max} for hours"),
     )
 
 
