@@ -3,8 +3,10 @@
     python jobs/make_dataset.py --dataset digits --out s3://feedline/digits
     python jobs/make_dataset.py --dataset synthetic --count 2000 --size 320x256 \
         --format parquet --out s3://feedline/synthetic
+    python jobs/make_dataset.py --dataset photos --out s3://feedline/photos
 
-Both write `train/` and `val/` under --out. Credentials come from the standard AWS environment.
+digits and synthetic write `train/` and `val/` under --out, photos `train/` only. Credentials
+come from the standard AWS environment.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipelines import StorageConfig, StorageError  # noqa: E402
-from pipelines.datasets import write_digits, write_synthetic  # noqa: E402
+from pipelines.datasets import write_digits, write_photos, write_synthetic  # noqa: E402
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -33,12 +35,15 @@ def _size(text: str) -> tuple[int, int]:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", choices=["digits", "synthetic"], required=True,
+    p.add_argument("--dataset", choices=["digits", "synthetic", "photos"], required=True,
                    help="digits: scikit-learn's 1,797 real 8x8 digits as PNG; synthetic: "
-                        "ImageNet-like RGB JPEGs for throughput work")
+                        "ImageNet-like RGB JPEGs for throughput work; photos: scikit-learn's "
+                        "two sample photos (640x427 JPEGs) repeated --count times, train/ "
+                        "only, to look at augmentations on")
     p.add_argument("--out", required=True, help="s3://bucket/prefix or a local path")
     p.add_argument("--endpoint", default=None, help="S3 endpoint URL (default: AWS_ENDPOINT_URL)")
-    p.add_argument("--count", type=int, default=2000, help="synthetic: number of images")
+    p.add_argument("--count", type=int, default=None,
+                   help="synthetic (default 2,000), photos (default 64): number of images")
     p.add_argument("--size", type=_size, default=(320, 256), help="synthetic: WIDTHxHEIGHT")
     p.add_argument("--quality", type=int, default=90, help="synthetic: JPEG quality")
     p.add_argument("--format", choices=["parquet", "folder"], default="parquet",
@@ -59,8 +64,10 @@ def main(argv=None) -> int:
             result = write_digits(args.out, storage, seed=args.seed,
                                   **({} if args.val_fraction is None
                                      else {"val_fraction": args.val_fraction}))
+        elif args.dataset == "photos":
+            result = write_photos(args.out, storage, count=args.count or 64)
         else:
-            result = write_synthetic(args.out, storage, count=args.count, size=args.size,
+            result = write_synthetic(args.out, storage, count=args.count or 2000, size=args.size,
                                      fmt=args.format, num_classes=args.num_classes,
                                      seed=args.seed, quality=args.quality,
                                      val_fraction=0.1 if args.val_fraction is None

@@ -16,7 +16,7 @@ from pipelines.config import StorageConfig
 from pipelines.sources import IMAGE, KEY, LABEL
 from pipelines.storage import Location, explain, resolve
 
-__all__ = ["WriteResult", "write_digits", "write_synthetic", "synthetic_jpeg"]
+__all__ = ["WriteResult", "write_digits", "write_synthetic", "write_photos", "synthetic_jpeg"]
 
 _SCHEMA = pa.schema([(IMAGE, pa.binary()), (LABEL, pa.int64()), (KEY, pa.string())])
 
@@ -159,3 +159,27 @@ def write_synthetic(url: str, storage: StorageConfig | None = None, *, count: in
             files += _write_folder(loc, split, part, lab, "jpg")
         rows[split] = len(part)
     return WriteResult(loc.url, rows, files)
+
+
+def write_photos(url: str, storage: StorageConfig | None = None, *, count: int = 64,
+                 rows_per_shard: int = 1024, row_group_rows: int = 256) -> WriteResult:
+    """scikit-learn's two bundled sample photos (`china.jpg`, `flower.jpg`: 640x427 camera
+    JPEGs, labels 0 and 1), their original bytes repeated to `count` rows of `train/`: real
+    photos to look at augmentations on (`jobs/preview.py`), shipped with a dependency, so
+    nothing is downloaded."""
+    from sklearn.datasets import load_sample_images
+
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    files = sorted(load_sample_images().filenames)
+    blobs = []
+    for path in files:
+        with open(path, "rb") as f:
+            blobs.append(f.read())
+    names = [path.rsplit("/", 1)[-1].rsplit(".", 1)[0] for path in files]
+    images = [blobs[i % len(blobs)] for i in range(count)]
+    labels = np.arange(count, dtype=np.int64) % len(blobs)
+    keys = [f"photos/{names[i % len(names)]}/{i:05d}" for i in range(count)]
+    loc = _prepare(url, storage)
+    n = _write_parquet(loc, "train", images, labels, keys, rows_per_shard, row_group_rows)
+    return WriteResult(loc.url, {"train": count}, n)

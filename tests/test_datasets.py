@@ -48,3 +48,22 @@ def test_digits_split_is_seeded_disjoint_and_complete(s3_prefix):
     a, b = split_keys(f"{s3_prefix}/a"), split_keys(f"{s3_prefix}/b")
     assert a == b  # the same split every time
     assert not a["train"] & a["val"] and len(a["train"] | a["val"]) == 1797
+
+
+def test_photos_are_the_bundled_camera_jpegs_unchanged(s3_prefix):
+    from sklearn.datasets import load_sample_images
+
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "jobs", "make_dataset.py"), "--dataset", "photos",
+         "--count", "5", "--out", s3_prefix], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "train 5" in out.stdout
+    plan = plan_source(SourceConfig(url=f"{s3_prefix}/train"))
+    rows = read_unit(plan.units[0], resolve(s3_prefix).fs)
+    originals = []
+    for path in sorted(load_sample_images().filenames):
+        with open(path, "rb") as f:
+            originals.append(f.read())
+    assert rows["image"].tolist() == [originals[i % 2] for i in range(5)]
+    assert rows["label"].tolist() == [0, 1, 0, 1, 0]
+    assert decode_image(rows["image"][0]).shape == (427, 640, 3)
