@@ -64,6 +64,28 @@ def test_bench_pipeline_writes_every_field_for_every_system(tmp_path):
     # Its first batch on the running Ray is the median of five datasets built on it.
     runs = systems["feedline"]["first_batch_runs_s"]
     assert len(runs) == 5 and systems["feedline"]["first_batch_s"] == sorted(runs)[2]
+    # ... and split into parts told by its actors' spans, which account for all of it.
+    parts = systems["feedline"]["first_batch_parts_s"]
+    assert set(parts) == {"build", "actors_up", "first_block", "to_driver"}
+    assert all(v > 0 for v in parts.values()), parts
+    assert sum(parts.values()) == pytest.approx(systems["feedline"]["first_batch_s"], rel=0.25)
     assert "first_batch_cold_s" not in systems["limit"]
     assert "x limit" in run.stdout and "feedline" in run.stdout  # the printed table
     assert "where the" in run.stdout and "cores went" in run.stdout
+
+
+def test_first_batch_parts_are_read_from_each_datasets_own_spans(tmp_path):
+    from cluster.bench.startup import BuildClock, SpanFile, first_batch_parts
+    from pipelines.observe import BlockSpan
+
+    spans = SpanFile(str(tmp_path / "spans"))
+    clock = BuildClock(spans, builds=[(0.0, 0.5), (100.0, 100.4), (200.0, 200.6)])
+    # Two actors per dataset; blocks of the first (cold) dataset must not count for the others.
+    for start, end in ((3.0, 4.0), (102.0, 102.7), (102.5, 102.9), (203.0, 203.5),
+                       (203.2, 203.4)):
+        spans.on_block(BlockSpan(start, end, 128, 0))
+    parts = first_batch_parts(clock, [3.0, 4.0])  # the last two datasets' first batches
+    # Dataset 2: built in 0.4 s, first call at 102.0 (1.6 s on), its first block 0.7 s later,
+    # the batch 0.3 s after that; dataset 3: 0.6, 2.4, 0.4 (the block of 203.4), 0.6.
+    assert parts == pytest.approx({"build": 0.5, "actors_up": 2.0, "first_block": 0.55,
+                                   "to_driver": 0.45})

@@ -26,6 +26,8 @@ fresh local Ray, builds its dataset once and stops it at the first batch (`first
 the first dataset on a new cluster, which also pays for starting Ray Data's own cluster-wide
 actors, `_StatsActor`, `AutoscalingCoordinator`, `ActorLocationTracker`, that stay up for the
 cluster's life), then is measured on a second dataset (first batch, steady images/s, memory).
+feedline's first batch is also split into its parts (`first_batch_parts_s`, the medians of
+`cluster.bench.startup`'s build, actors_up, first_block and to_driver).
 
 Where the cores go (`cpu_cores`, `cluster.bench.cores`): over each steady window, by role. Each
 Ray is also watched for a few seconds at rest (`ray_at_rest_cores`): what Ray itself takes from
@@ -35,6 +37,9 @@ the cores with nothing running.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import shutil
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -44,6 +49,7 @@ import pyarrow.parquet as pq
 
 from cluster.bench.cores import CpuSplit, PeakMemory, set_store
 from cluster.bench.measure import BATCH, POOL, SIZE, mean_runs, measure, measure_turns, run_on_ray
+from cluster.bench.startup import PARTS, BuildClock, SpanFile, first_batch_parts
 from pipelines import (
     PreprocessConfig,
     SchemaError,
@@ -206,7 +212,10 @@ def raydata_batches(url: str, storage: StorageConfig) -> Callable[[], Iterable]:
 
 
 def feedline_batches(url: str, storage: StorageConfig, cores: int,
-                     deterministic: bool = False) -> Callable[[], Iterable]:
+                     deterministic: bool = False, clock: BuildClock | None = None
+                     ) -> Callable[[], Iterable]:
+    """feedline's stream as the trainer reads it; with `clock`, each dataset's build is timed
+    and its actors report their blocks' spans (`cluster.bench.startup`)."""
     from cluster.training.config import TrainConfig
     from cluster.training.stream import Collate
     from pipelines import PipelineConfig, build_dataset
@@ -221,8 +230,11 @@ def feedline_batches(url: str, storage: StorageConfig, cores: int,
                                         max_actors=cores),
             epochs=100,  # 100 passes: far more than any measurement window needs
             deterministic=deterministic)
+        observer = clock.spans if clock is not None else None
+        ds = (clock.timed(lambda: build_dataset(cfg, observer=observer)) if clock is not None
+              else build_dataset(cfg))
         # As the trainer reads it: no look-ahead in Ray Data, ReadAhead's own thread instead.
-        return ReadAhead(build_dataset(cfg).iter_torch_batches(
+        return ReadAhead(ds.iter_torch_batches(
             batch_size=BATCH, collate_fn=Collate(), prefetch_batches=0),
             depth=TrainConfig().prefetch_batches)
 
@@ -239,9 +251,20 @@ def _ray_system(name: str, data: str, storage: StorageConfig, seconds: float, co
     ray.init(address="local", num_cpus=cores, resources={POOL: cores},
              include_dashboard=False, log_to_driver=False)
     try:
-        make = (raydata_batches(data, storage) if name == "raydata" else
-                feedline_batches(data, storage, cores, deterministic=name in EXTRA))
-        conn.send(("ok", run_on_ray(make, seconds)))
+        clock = None if name == "raydata" else BuildClock(SpanFile(os.path.join(
+            tempfile.mkdtemp(prefix="feedline-bench-spans-"), "spans")))
+        make = (raydata_batches(data, storage) if clock is None else
+                feedline_batches(data, storage, cores, deterministic=name in EXTRA,
+                                 clock=clock))
+        try:
+            result = run_on_ray(make, seconds)
+            if clock is not None:
+                result["first_batch_parts_s"] = first_batch_parts(
+                    clock, result["first_batch_runs_s"])
+        finally:
+            if clock is not None:
+                shutil.rmtree(os.path.dirname(clock.spans.path), ignore_errors=True)
+        conn.send(("ok", result))
     except BaseException as e:  # noqa: BLE001 - every failure is reported to the parent
         if not isinstance(e, (StorageError, SchemaError)):  # those are one line for the user
             traceback.print_exc()
@@ -375,6 +398,11 @@ def print_tables(results: dict[str, dict], cores: int) -> None:
             runs = ", ".join(f"{t:.2f}" for t in r["first_batch_runs_s"])
             print(f"{name}: first batch on a running Ray {r['first_batch_s']:.2f} s, the median "
                   f"of {len(r['first_batch_runs_s'])} ({runs} s)")
+        if r.get("first_batch_parts_s"):
+            parts = ", ".join(f"{p} {r['first_batch_parts_s'][p]:.2f}" for p in PARTS
+                              if p in r["first_batch_parts_s"])
+            print(f"{name}: its parts, each the median of the runs: {parts} s "
+                  "(cluster.bench.startup)")
     for name, r in results.items():
         if "ray_at_rest_cores" in r:
             print(f"{name}: its Ray at rest (nothing running) took {r['ray_at_rest_cores']:.2f} "
