@@ -33,11 +33,11 @@ __all__ = ["Scenario", "Change", "Result", "SCENARIOS", "POLICIES", "simulate", 
 
 HOUR = 3600.0
 
-POOL_CORE_RATE = 330.0
+POOL_CORE_RATE = 341.0
 """Fresh images/s one pool core makes: feedline's stream on ImageNet-like JPEGs (decode +
 ImageNet augmentation at 224 px, Ray included; docs/benchmarks.md, issue 21's table)."""
 NODE_RATE = 16 * POOL_CORE_RATE
-"""Fresh images/s one 16-core pool node makes (5,280)."""
+"""Fresh images/s one 16-core pool node makes (5,456)."""
 MAX_OVER_NEED = 2.5
 """A single-run scenario's pool max, in multiples of what its start needs."""
 
