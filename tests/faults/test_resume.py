@@ -32,6 +32,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 EPOCHS, BATCH, EVERY = 3, 32, 10
 """1437 rows / 2 ranks / 32 = 22 steps an epoch; a step checkpoint (~90 MB of ResNet-18 and
 its momentum) every 10 steps."""
+DRIVER_EPOCHS = 2
+"""The killed-driver run's epochs: its kill after step 30 falls in the second, the last, so the
+restarted driver's one worker trains the rest of it (a third epoch would only add time)."""
 
 
 def _snapshot(results: str, run: str) -> dict | None:
@@ -158,7 +161,7 @@ def test_killed_driver_restarts_with_a_worker_fewer_and_trains_each_row_once(
         return subprocess.Popen(
             [sys.executable, os.path.join(ROOT, "jobs", "train_resnet.py"),
              "--data", digits_url, "--no-val", "--recipe", "small", "--image-size", "8",
-             "--epochs", str(EPOCHS), "--batch-size", str(BATCH), "--lr", "0.05",
+             "--epochs", str(DRIVER_EPOCHS), "--batch-size", str(BATCH), "--lr", "0.05",
              "--num-workers", str(workers), "--checkpoint-every-steps", str(EVERY),
              "--storage-path", results, "--run-name", "driver", "--seed", "3",
              "--trace-samples", str(trace), "--summary-json", str(tmp_path / summary)],
