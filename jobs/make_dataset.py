@@ -65,14 +65,16 @@ def main(argv=None) -> int:
                                   **({} if args.val_fraction is None
                                      else {"val_fraction": args.val_fraction}))
         elif args.dataset == "photos":
-            result = write_photos(args.out, storage, count=args.count or 64)
+            result = write_photos(args.out, storage,
+                                  count=64 if args.count is None else args.count)
         else:
-            result = write_synthetic(args.out, storage, count=args.count or 2000, size=args.size,
+            count = 2000 if args.count is None else args.count
+            result = write_synthetic(args.out, storage, count=count, size=args.size,
                                      fmt=args.format, num_classes=args.num_classes,
                                      seed=args.seed, quality=args.quality,
                                      val_fraction=0.1 if args.val_fraction is None
                                      else args.val_fraction)
-    except StorageError as e:
+    except (StorageError, ValueError) as e:  # the store, or a --count or --format it refuses
         print(f"error: {e}", file=sys.stderr)
         return 2
     rows = ", ".join(f"{k} {v}" for k, v in result.rows.items())
