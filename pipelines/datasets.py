@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -176,7 +177,7 @@ def write_photos(url: str, storage: StorageConfig | None = None, *, count: int =
     for path in files:
         with open(path, "rb") as f:
             blobs.append(f.read())
-    names = [path.rsplit("/", 1)[-1].rsplit(".", 1)[0] for path in files]
+    names = [os.path.splitext(os.path.basename(path))[0] for path in files]
     images = [blobs[i % len(blobs)] for i in range(count)]
     labels = np.arange(count, dtype=np.int64) % len(blobs)
     keys = [f"photos/{names[i % len(names)]}/{i:05d}" for i in range(count)]

@@ -103,15 +103,15 @@ def _scenarios() -> tuple[SharedScenario, ...]:
              Job(name="r50-64", gpus=64, arrive_h=2.0, hours=4.0),
              Job(name="r50-128-late", gpus=128, arrive_h=5.0, hours=6.0,
                  node_rate=NODE_RATE * 5 / 6))
-    day_max = math.ceil(peak_need(day) * 4 / 3)
-    quota_max = round(peak_need(quota) * 0.55)
+    day_max, quota_need = math.ceil(peak_need(day) * 4 / 3), peak_need(quota)
+    quota_max = round(quota_need * 0.55)
     return (
         SharedScenario(name="shared-day", jobs=day, max_nodes=day_max,
                        description="4 jobs of 64-512 GPUs arriving and leaving over a day; the "
                                    f"pool's max ({day_max}) does not bind"),
         SharedScenario(name="shared-quota", jobs=quota, max_nodes=quota_max,
                        description="4 jobs of 64-256 GPUs whose needs (up to "
-                                   f"{peak_need(quota)} nodes) exceed the pool's max of "
+                                   f"{quota_need} nodes) exceed the pool's max of "
                                    f"{quota_max} for hours"),
     )
 
